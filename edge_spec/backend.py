@@ -1,0 +1,412 @@
+"""The tier backend: the only module that imports llama_cpp.
+
+A `Tier` owns one GGUF model and one llama.cpp context. It decodes token blocks in one batch and hands
+back logits rows as zero-copy numpy views, rolls its KV cache back to a position, tokenizes and renders
+tokens to bytes. The position of the next token (`n_past`) lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+
+from edge_spec.errors import ConfigError, ContextOverflowError, IncompatibleTiersError, ModelError
+
+CACHE_TYPES = {"f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0}
+"""KV cache element types a tier may use; quantized types need flash attention for the V cache."""
+
+VOCAB_MAX_SIZE_DIFFERENCE = 128
+"""llama.cpp's limit on the vocabulary size difference between a draft and its target."""
+VOCAB_CHECK_START_TOKEN_ID = 5
+"""llama.cpp compares token texts from this id upward (the first ids are often special tokens)."""
+
+_LOG_TAIL: deque[str] = deque(maxlen=8)
+_LOG_WARN, _LOG_ERROR = 2, 3  # ggml_log_level values
+
+
+@lc.llama_log_callback
+def _log_to_tail(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    """Keep llama.cpp's last warnings and errors for error messages instead of printing its log."""
+    if level in (_LOG_WARN, _LOG_ERROR) and text.strip():
+        _LOG_TAIL.append(text.decode("utf-8", "replace").strip())
+
+
+def _init_backend() -> None:
+    lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))
+    lc.llama_backend_init()
+
+
+_init_backend()
+
+
+def gpu_available() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, Vulkan, ...)."""
+    return bool(lc.llama_supports_gpu_offload())
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def _use_extra_buffer_types() -> bool:
+    """Weight repacking buffers, except on AMX CPUs where llama.cpp's AMX buffer type dies with SIGILL
+    in VMs (Sapphire Rapids cloud machines). EDGE_SPEC_EXTRA_BUFTS=0/1 overrides."""
+    override = os.environ.get("EDGE_SPEC_EXTRA_BUFTS")
+    if override in ("0", "1"):
+        return override == "1"
+    return not _cpu_has_amx()
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 4
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """How to load one tier. Defaults suit a single small GPU or a laptop CPU."""
+
+    n_ctx: int = 4096  # context window in tokens (prompt + generated); capped at the model's training length
+    n_batch: int = 512  # most tokens per llama_decode call; longer inputs are split
+    n_gpu_layers: int = -1  # layers offloaded to the GPU; -1 = all when a GPU backend exists, else none
+    cache_type: str = "f16"  # KV cache type: f16 | q8_0 | q4_0
+    flash_attn: bool | None = None  # None = llama.cpp decides (forced on for a quantized KV cache)
+    n_threads: int = 0  # CPU threads; 0 = all cores this process may use
+
+    def __post_init__(self) -> None:
+        if self.n_ctx < 16:
+            raise ConfigError(f"context length must be at least 16 tokens, got {self.n_ctx}")
+        if self.n_batch < 1:
+            raise ConfigError(f"batch size must be positive, got {self.n_batch}")
+        if self.cache_type not in CACHE_TYPES:
+            raise ConfigError(
+                f"KV cache type must be one of {', '.join(CACHE_TYPES)}, got {self.cache_type!r}"
+            )
+        if self.cache_type != "f16" and self.flash_attn is False:
+            raise ConfigError(f"a {self.cache_type} KV cache needs flash attention; drop --no-flash-attn")
+        if self.n_gpu_layers < -1:
+            raise ConfigError(f"GPU layers must be -1 (all) or >= 0, got {self.n_gpu_layers}")
+
+
+def _check_gguf_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelError(f"model path is not a file: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"not a GGUF model file (bad magic {magic!r}): {path}")
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix, by binary search over C-speed slice comparisons."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo + 1 < hi:  # invariant: a[:lo] == b[:lo], a[:hi] != b[:hi]
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _last_llama_error() -> str:
+    return f": {_LOG_TAIL[-1]}" if _LOG_TAIL else ""
+
+
+class Tier:
+    """One model and its context. Not thread-safe; close() frees the llama.cpp memory."""
+
+    def __init__(self, path: str | os.PathLike[str], config: TierConfig | None = None) -> None:
+        self.path = Path(path)
+        self.config = config or TierConfig()
+        _check_gguf_file(self.path)
+        _LOG_TAIL.clear()
+        mparams = lc.llama_model_default_params()
+        want_layers = self.config.n_gpu_layers
+        self.n_gpu_layers = 0 if not gpu_available() else (10_000 if want_layers < 0 else want_layers)
+        mparams.n_gpu_layers = self.n_gpu_layers
+        mparams.use_extra_bufts = _use_extra_buffer_types()
+        self._model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise ModelError(
+                f"llama.cpp could not load {self.path} (corrupt or truncated?){_last_llama_error()}"
+            )
+        self._ctx = None
+        self._batch = None
+        try:
+            self._open_context()
+        except Exception:
+            self.close()
+            raise
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab: int = lc.llama_vocab_n_tokens(self._vocab)
+        self.n_layer: int = lc.llama_model_n_layer(self._model)
+        self.n_gpu_layers = min(self.n_gpu_layers, self.n_layer + 1)
+        self.cached: list[int] = []
+        """The tokens held in the KV cache, by position; the next decoded token takes len(cached)."""
+        self.decode_seconds = 0.0
+        """Wall time spent inside llama_decode since load."""
+
+    def _open_context(self) -> None:
+        cfg = self.config
+        n_ctx_train = lc.llama_model_n_ctx_train(self._model)
+        self.n_ctx: int = min(cfg.n_ctx, n_ctx_train) if n_ctx_train > 0 else cfg.n_ctx
+        self.n_batch: int = min(cfg.n_batch, self.n_ctx)
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = 1
+        threads = cfg.n_threads or _default_threads()
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.type_k = cparams.type_v = CACHE_TYPES[cfg.cache_type]
+        quantized = cfg.cache_type != "f16"
+        flash = {None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO, True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED}.get(
+            True if quantized else cfg.flash_attn, lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        cparams.flash_attn_type = flash
+        cparams.swa_full = True  # sliding-window models must keep positions a rollback may return to
+        cparams.no_perf = True
+        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise ModelError(
+                f"llama.cpp could not create a {self.n_ctx}-token context for {self.path}"
+                + _last_llama_error()
+            )
+        self._memory = lc.llama_get_memory(self._ctx)
+        self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
+
+    @property
+    def n_past(self) -> int:
+        """Positions held in the KV cache."""
+        return len(self.cached)
+
+    # ---- decoding --------------------------------------------------------------------------------
+
+    def decode(self, tokens: Sequence[int], n_logits: int = 1) -> np.ndarray:
+        """Append `tokens` at n_past in as few llama_decode calls as n_batch allows.
+
+        Returns the logits rows of the last `n_logits` tokens, shape [n_logits, n_vocab] float32: a read-only
+        view into llama.cpp memory, valid until this tier decodes again (copy what must outlive that).
+        """
+        n = len(tokens)
+        if n == 0 or not 1 <= n_logits <= n:
+            raise ValueError(f"decode needs 1 <= n_logits <= len(tokens), got {n_logits} for {n} tokens")
+        if n_logits > self.n_batch:
+            raise ValueError(f"cannot return {n_logits} logits rows with n_batch {self.n_batch}")
+        if self.n_past + n > self.n_ctx:
+            raise ContextOverflowError(
+                f"{self.n_past + n} tokens do not fit in the {self.n_ctx}-token context; "
+                "shorten the prompt or raise --ctx"
+            )
+        start_past = self.n_past
+        tail = max(n_logits, (n - 1) % self.n_batch + 1)  # the last chunk holds every row we return
+        try:
+            for s in range(0, n - tail, self.n_batch):
+                self._decode_chunk(tokens[s : min(s + self.n_batch, n - tail)], 0)
+            self._decode_chunk(tokens[n - tail :], n_logits)
+        except BaseException:  # a failed chunk or Ctrl-C: leave the cache as it was before this call
+            lc.llama_memory_seq_rm(self._memory, 0, start_past, -1)
+            del self.cached[start_past:]
+            raise
+        ptr = lc.llama_get_logits(self._ctx)
+        rows = np.ctypeslib.as_array(ptr, shape=(n_logits, self.n_vocab))
+        rows.flags.writeable = False
+        return rows
+
+    def score(self, sequence: list[int], n_logits: int = 1) -> np.ndarray:
+        """Logits after each of the last `n_logits` tokens of `sequence`, reusing the cached prefix it shares
+        with the KV cache and rolling back the rest. Returns a view as `decode` does."""
+        keep = min(_common_prefix(self.cached, sequence), len(sequence) - n_logits)
+        self.truncate(keep)
+        return self.decode(sequence[keep:], n_logits)
+
+    def _decode_chunk(self, tokens: Sequence[int], n_logits: int) -> None:
+        batch, n, pos0 = self._batch, len(tokens), len(self.cached)
+        first_logit = n - n_logits
+        for i, tok in enumerate(tokens):
+            batch.token[i] = tok
+            batch.pos[i] = pos0 + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = i >= first_logit
+        batch.n_tokens = n
+        t0 = time.perf_counter()
+        rc = lc.llama_decode(self._ctx, batch)
+        self.decode_seconds += time.perf_counter() - t0
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}{_last_llama_error()}")
+        self.cached.extend(tokens)
+
+    def truncate(self, n_past: int) -> None:
+        """Drop every cached position >= n_past (roll back rejected tokens)."""
+        if not 0 <= n_past <= self.n_past:
+            raise ValueError(f"cannot truncate to {n_past}: the cache holds {self.n_past} positions")
+        if n_past < self.n_past:
+            if not lc.llama_memory_seq_rm(self._memory, 0, n_past, -1):
+                raise RuntimeError(f"{self.path.name}: this model's cache cannot be rolled back")
+            del self.cached[n_past:]
+
+    def reset(self) -> None:
+        """Forget the whole context (start a new generation)."""
+        lc.llama_memory_clear(self._memory, True)
+        self.cached.clear()
+
+    # ---- tokens and text -------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Text to token ids. `add_bos` adds BOS when the model wants one; `special` parses control tokens
+        written as text (chat template markers)."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The raw bytes of one token (possibly part of a multi-byte UTF-8 character).
+        Control tokens (BOS, EOS, template markers) render as b"" unless `special`."""
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        """Token ids to text (invalid UTF-8 is replaced)."""
+        return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        """End of generation: EOS, EOT and the like."""
+        return bool(lc.llama_vocab_is_eog(self._vocab, token))
+
+    @property
+    def bos(self) -> int:
+        return lc.llama_vocab_bos(self._vocab)
+
+    @property
+    def eos(self) -> int:
+        return lc.llama_vocab_eos(self._vocab)
+
+    @property
+    def adds_bos(self) -> bool:
+        return bool(lc.llama_vocab_get_add_bos(self._vocab))
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary's stored text of a token (as in the GGUF file, e.g. '▁the' or 'Ġthe')."""
+        return lc.llama_vocab_get_text(self._vocab, token).decode("utf-8", "replace")
+
+    # ---- metadata --------------------------------------------------------------------------------
+
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as a string, or None when absent."""
+        size = lc.llama_model_meta_val_str(self._model, key.encode(), None, 0)
+        if size < 0:
+            return None
+        buf = ctypes.create_string_buffer(size + 1)
+        lc.llama_model_meta_val_str(self._model, key.encode(), buf, size + 1)
+        return buf.value.decode("utf-8", "replace")
+
+    @cached_property
+    def chat_template(self) -> str | None:
+        """The model's own chat template (Jinja) from GGUF metadata, or None."""
+        raw = lc.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    @cached_property
+    def description(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self._model, buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    @property
+    def device(self) -> str:
+        """Where the layers run, e.g. 'CPU' or 'GPU (29/29 layers)'."""
+        if self.n_gpu_layers == 0:
+            return "CPU"
+        return f"GPU ({min(self.n_gpu_layers, self.n_layer)}/{self.n_layer} layers)"
+
+    @cached_property
+    def vocab_fingerprint(self) -> str:
+        """SHA-256 over the vocabulary type, size, special-token handling and every token's text."""
+        h = hashlib.sha256()
+        v = self._vocab
+        head = (lc.llama_vocab_type(v), self.n_vocab, self.adds_bos, self.bos, self.eos)
+        h.update(repr(head).encode())
+        for i in range(self.n_vocab):
+            h.update(lc.llama_vocab_get_text(v, i) + b"\0")
+        return h.hexdigest()
+
+    def check_compatible(self, other: Tier) -> None:
+        """Raise IncompatibleTiersError unless `other` can draft for (or verify) this tier, by llama.cpp's
+        rules: same vocabulary type and BOS/EOS handling, sizes within 128, same token texts from id 5."""
+        a, b = self._vocab, other._vocab
+        names = f"{other.path.name} and {self.path.name}"
+        if lc.llama_vocab_type(a) != lc.llama_vocab_type(b):
+            raise IncompatibleTiersError(f"{names} use different tokenizer types")
+        if self.adds_bos != other.adds_bos or (self.adds_bos and self.bos != other.bos):
+            raise IncompatibleTiersError(f"{names} handle BOS differently (ids {other.bos} vs {self.bos})")
+        add_eos_a, add_eos_b = lc.llama_vocab_get_add_eos(a), lc.llama_vocab_get_add_eos(b)
+        if add_eos_a != add_eos_b or (add_eos_a and self.eos != other.eos):
+            raise IncompatibleTiersError(f"{names} handle EOS differently (ids {other.eos} vs {self.eos})")
+        if abs(self.n_vocab - other.n_vocab) > VOCAB_MAX_SIZE_DIFFERENCE:
+            raise IncompatibleTiersError(
+                f"{names} vocabulary sizes differ by more than {VOCAB_MAX_SIZE_DIFFERENCE}: "
+                f"{other.n_vocab} vs {self.n_vocab}"
+            )
+        if self.vocab_fingerprint == other.vocab_fingerprint:
+            return
+        for i in range(VOCAB_CHECK_START_TOKEN_ID, min(self.n_vocab, other.n_vocab)):
+            ta, tb = lc.llama_vocab_get_text(a, i), lc.llama_vocab_get_text(b, i)
+            if ta != tb:
+                raise IncompatibleTiersError(
+                    f"{names} have different vocabularies: token {i} is {tb.decode('utf-8', 'replace')!r} "
+                    f"in {other.path.name} but {ta.decode('utf-8', 'replace')!r} in {self.path.name}"
+                )
+
+    # ---- lifetime --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the context, the batch and the model. Safe to call twice."""
+        if self._batch is not None:
+            lc.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lc.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> Tier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_model", None) is not None:
+            self.close()

