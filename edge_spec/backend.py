@@ -175,8 +175,8 @@ class Tier:
         cparams.n_ctx = self.n_ctx
         cparams.n_batch = cparams.n_ubatch = self.n_batch
         cparams.n_seq_max = 1
-        threads = cfg.n_threads or _default_threads()
-        cparams.n_threads = cparams.n_threads_batch = threads
+        self.n_threads: int = cfg.n_threads or _default_threads()
+        cparams.n_threads = cparams.n_threads_batch = self.n_threads
         cparams.type_k = cparams.type_v = CACHE_TYPES[cfg.cache_type]
         quantized = cfg.cache_type != "f16"
         flash = {None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO, True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED}.get(

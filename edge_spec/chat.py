@@ -7,7 +7,8 @@ template matcher cannot promise for templates it does not recognise.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import jinja2
@@ -29,9 +30,17 @@ def _raise(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
+def _tojson(value: object, ensure_ascii: bool = False, indent: int | None = None, **kw: object) -> str:
+    """transformers' tojson: plain json.dumps, no key sorting, no HTML escaping."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, **kw)  # type: ignore[arg-type]
+
+
 @lru_cache(maxsize=8)
 def _compile(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     return env.from_string(source)
@@ -41,10 +50,13 @@ def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
     """A bare prompt becomes one user message; a message list is checked and copied."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    messages = [dict(m) for m in prompt]
-    for m in messages:
-        if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+    messages = []
+    for m in prompt:
+        if not (
+            isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        ):
             raise ConfigError(f"each message needs string 'role' and 'content' fields, got {m!r}")
+        messages.append(dict(m))
     if not messages:
         raise ConfigError("the message list is empty")
     return messages

