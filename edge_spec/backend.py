@@ -22,8 +22,14 @@ import numpy as np
 
 from edge_spec.errors import ConfigError, ContextOverflowError, IncompatibleTiersError, ModelError
 
-CACHE_TYPES = {"f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0}
-"""KV cache element types a tier may use; quantized types need flash attention for the V cache."""
+CACHE_TYPES = {
+    "f16": lc.GGML_TYPE_F16,
+    "q8_0": lc.GGML_TYPE_Q8_0,
+    "q4_0": lc.GGML_TYPE_Q4_0,
+    "f32": lc.GGML_TYPE_F32,
+}
+"""KV cache element types: q8_0 / q4_0 save memory and need flash attention; f32 (with flash attention off)
+makes batched and single-token decodes agree to ~1e-5, for exactness checks."""
 
 VOCAB_MAX_SIZE_DIFFERENCE = 128
 """llama.cpp's limit on the vocabulary size difference between a draft and its target."""
@@ -84,7 +90,7 @@ class TierConfig:
     n_ctx: int = 4096  # context window in tokens (prompt + generated); capped at the model's training length
     n_batch: int = 512  # most tokens per llama_decode call; longer inputs are split
     n_gpu_layers: int = -1  # layers offloaded to the GPU; -1 = all when a GPU backend exists, else none
-    cache_type: str = "f16"  # KV cache type: f16 | q8_0 | q4_0
+    cache_type: str = "f16"  # KV cache type: f16 | q8_0 | q4_0 | f32
     flash_attn: bool | None = None  # None = llama.cpp decides (forced on for a quantized KV cache)
     n_threads: int = 0  # CPU threads; 0 = all cores this process may use
 
@@ -97,7 +103,7 @@ class TierConfig:
             raise ConfigError(
                 f"KV cache type must be one of {', '.join(CACHE_TYPES)}, got {self.cache_type!r}"
             )
-        if self.cache_type != "f16" and self.flash_attn is False:
+        if self.cache_type in ("q8_0", "q4_0") and self.flash_attn is False:
             raise ConfigError(f"a {self.cache_type} KV cache needs flash attention; drop --no-flash-attn")
         if self.n_gpu_layers < -1:
             raise ConfigError(f"GPU layers must be -1 (all) or >= 0, got {self.n_gpu_layers}")
@@ -178,7 +184,7 @@ class Tier:
         self.n_threads: int = cfg.n_threads or _default_threads()
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
         cparams.type_k = cparams.type_v = CACHE_TYPES[cfg.cache_type]
-        quantized = cfg.cache_type != "f16"
+        quantized = cfg.cache_type in ("q8_0", "q4_0")
         flash = {None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO, True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED}.get(
             True if quantized else cfg.flash_attn, lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
