@@ -143,7 +143,8 @@ class Pyramid:
         stop: Sequence[str] = (),
         raw: bool = False,
     ) -> Generator[str, None, Result]:
-        """Yield text pieces as tokens are committed; the generator's return value is the Result."""
+        """Text pieces as tokens are committed; the generator's return value is the Result. The prompt and
+        options are checked here, before the first piece is asked for."""
         if max_tokens < 1:
             raise ConfigError(f"max tokens must be at least 1, got {max_tokens}")
         sampling = sampling or SamplingConfig()
@@ -154,12 +155,13 @@ class Pyramid:
                 f"the prompt is {len(prompt_ids)} tokens but the context holds {self.n_ctx}; "
                 "shorten it or raise --ctx"
             )
+        return self._locked(self._generate(prompt_ids, min(max_tokens, room), max_tokens, sampling, stop))
+
+    def _locked(self, generation: Generator[str, None, Result]) -> Generator[str, None, Result]:
         if not self._lock.acquire(blocking=False):
-            raise EdgeSpecError(
-                "this pyramid is already generating; use one generation at a time per pyramid"
-            )
+            raise EdgeSpecError("this pyramid is already generating: one generation at a time per pyramid")
         try:
-            return (yield from self._generate(prompt_ids, min(max_tokens, room), max_tokens, sampling, stop))
+            return (yield from generation)
         finally:
             self._lock.release()
 

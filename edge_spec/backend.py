@@ -20,7 +20,13 @@ from pathlib import Path
 import llama_cpp as lc
 import numpy as np
 
-from edge_spec.errors import ConfigError, ContextOverflowError, IncompatibleTiersError, ModelError
+from edge_spec.errors import (
+    ConfigError,
+    ContextOverflowError,
+    EdgeSpecError,
+    IncompatibleTiersError,
+    ModelError,
+)
 
 CACHE_TYPES = {
     "f16": lc.GGML_TYPE_F16,
@@ -37,7 +43,7 @@ VOCAB_CHECK_START_TOKEN_ID = 5
 """llama.cpp compares token texts from this id upward (the first ids are often special tokens)."""
 
 _LOG_TAIL: deque[str] = deque(maxlen=8)
-_LOG_WARN, _LOG_ERROR = 2, 3  # ggml_log_level values
+_LOG_WARN, _LOG_ERROR = 3, 4  # ggml_log_level values (ggml.h)
 
 
 @lc.llama_log_callback
@@ -68,12 +74,14 @@ def _cpu_has_amx() -> bool:
 
 
 def _use_extra_buffer_types() -> bool:
-    """Weight repacking buffers, except on AMX CPUs where llama.cpp's AMX buffer type dies with SIGILL
-    in VMs (Sapphire Rapids cloud machines). EDGE_SPEC_EXTRA_BUFTS=0/1 overrides."""
+    """Weight repacking buffers, unless this build has llama.cpp's AMX kernels and the CPU reports AMX: that
+    buffer type dies with SIGILL in VMs (Sapphire Rapids cloud machines). scripts/setup.sh builds without
+    AMX kernels on such CPUs so repacking stays on. EDGE_SPEC_EXTRA_BUFTS=0/1 overrides."""
     override = os.environ.get("EDGE_SPEC_EXTRA_BUFTS")
     if override in ("0", "1"):
         return override == "1"
-    return not _cpu_has_amx()
+    build_has_amx = b"AMX_INT8 = 1" in lc.llama_print_system_info()
+    return not (build_has_amx and _cpu_has_amx())
 
 
 def _default_threads() -> int:
@@ -134,8 +142,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return lo
 
 
-def _last_llama_error() -> str:
-    return f": {_LOG_TAIL[-1]}" if _LOG_TAIL else ""
+def _llama_error() -> str:
+    """The first warning or error llama.cpp logged since _LOG_TAIL was cleared, as a message suffix."""
+    return f": {_LOG_TAIL[0]}" if _LOG_TAIL else ""
 
 
 class Tier:
@@ -153,9 +162,7 @@ class Tier:
         mparams.use_extra_bufts = _use_extra_buffer_types()
         self._model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
-            raise ModelError(
-                f"llama.cpp could not load {self.path} (corrupt or truncated?){_last_llama_error()}"
-            )
+            raise ModelError(f"llama.cpp could not load {self.path} (corrupt or truncated?){_llama_error()}")
         self._ctx = None
         self._batch = None
         try:
@@ -194,8 +201,7 @@ class Tier:
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise ModelError(
-                f"llama.cpp could not create a {self.n_ctx}-token context for {self.path}"
-                + _last_llama_error()
+                f"llama.cpp could not create a {self.n_ctx}-token context for {self.path}" + _llama_error()
             )
         self._memory = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
@@ -207,12 +213,18 @@ class Tier:
 
     # ---- decoding --------------------------------------------------------------------------------
 
+    def _require_open(self) -> None:
+        if self._ctx is None:
+            raise EdgeSpecError(f"{self.path.name}: this tier was closed")
+
     def decode(self, tokens: Sequence[int], n_logits: int = 1) -> np.ndarray:
         """Append `tokens` at n_past in as few llama_decode calls as n_batch allows.
 
         Returns the logits rows of the last `n_logits` tokens, shape [n_logits, n_vocab] float32: a read-only
-        view into llama.cpp memory, valid until this tier decodes again (copy what must outlive that).
+        view into llama.cpp memory, valid until this tier decodes again or is closed (copy what must
+        outlive that).
         """
+        self._require_open()
         n = len(tokens)
         if n == 0 or not 1 <= n_logits <= n:
             raise ValueError(f"decode needs 1 <= n_logits <= len(tokens), got {n_logits} for {n} tokens")
@@ -259,11 +271,12 @@ class Tier:
         rc = lc.llama_decode(self._ctx, batch)
         self.decode_seconds += time.perf_counter() - t0
         if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc}{_last_llama_error()}")
+            raise RuntimeError(f"llama_decode failed with code {rc}{_llama_error()}")
         self.cached.extend(tokens)
 
     def truncate(self, n_past: int) -> None:
         """Drop every cached position >= n_past (roll back rejected tokens)."""
+        self._require_open()
         if not 0 <= n_past <= self.n_past:
             raise ValueError(f"cannot truncate to {n_past}: the cache holds {self.n_past} positions")
         if n_past < self.n_past:
@@ -273,6 +286,7 @@ class Tier:
 
     def reset(self) -> None:
         """Forget the whole context (start a new generation)."""
+        self._require_open()
         lc.llama_memory_clear(self._memory, True)
         self.cached.clear()
 
@@ -281,6 +295,7 @@ class Tier:
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
         """Text to token ids. `add_bos` adds BOS when the model wants one; `special` parses control tokens
         written as text (chat template markers)."""
+        self._require_open()
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (lc.llama_token * cap)()
@@ -294,6 +309,7 @@ class Tier:
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The raw bytes of one token (possibly part of a multi-byte UTF-8 character).
         Control tokens (BOS, EOS, template markers) render as b"" unless `special`."""
+        self._require_open()
         buf = ctypes.create_string_buffer(64)
         n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
@@ -307,6 +323,7 @@ class Tier:
 
     def is_eog(self, token: int) -> bool:
         """End of generation: EOS, EOT and the like."""
+        self._require_open()
         return bool(lc.llama_vocab_is_eog(self._vocab, token))
 
     @property
@@ -329,6 +346,7 @@ class Tier:
 
     def metadata(self, key: str) -> str | None:
         """A GGUF metadata value as a string, or None when absent."""
+        self._require_open()
         size = lc.llama_model_meta_val_str(self._model, key.encode(), None, 0)
         if size < 0:
             return None
@@ -369,6 +387,8 @@ class Tier:
     def check_compatible(self, other: Tier) -> None:
         """Raise IncompatibleTiersError unless `other` can draft for (or verify) this tier, by llama.cpp's
         rules: same vocabulary type and BOS/EOS handling, sizes within 128, same token texts from id 5."""
+        self._require_open()
+        other._require_open()
         a, b = self._vocab, other._vocab
         names = f"{other.path.name} and {self.path.name}"
         if lc.llama_vocab_type(a) != lc.llama_vocab_type(b):

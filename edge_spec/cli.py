@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from edge_spec.errors import EdgeSpecError
+from edge_spec.errors import ConfigError, EdgeSpecError
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -57,9 +57,7 @@ def _stages(
     if len(rules) == 1:
         rules *= n_stages
     if len(rules) != n_stages:
-        raise click.BadParameter(
-            f"give one rule or one per stage ({n_stages}), bottom-up", param_hint="--accept"
-        )
+        raise ConfigError(f"--accept: give one rule or one per stage ({n_stages}), bottom-up")
     taus = [tau_q, tau_t][-n_stages:]
     blocks = [draft_block, qualifier_block][:n_stages]
     return [StageConfig(r, t, divergence, block=b) for r, t, b in zip(rules, taus, blocks, strict=True)]
@@ -84,10 +82,10 @@ def _stages(
 @click.option(
     "--gpu-layers", default=-1, show_default=True, help="Layers on the GPU (-1 = all when present)."
 )
-@click.option("--cache-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0", "q4_0"]))
 @click.option(
-    "--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: llama.cpp decides)."
+    "--cache-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0", "q4_0", "f32"])
 )
+@click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: auto).")
 @click.option(
     "--accept", default="exact", show_default=True, help="exact | fuzzy, or one per stage: exact,fuzzy."
 )
@@ -126,22 +124,24 @@ def run(prompt: str, **o: Any) -> None:
     qualifier = resolve(o["qualifier_ref"]) if o["qualifier_ref"] else None
     target = resolve(o["target_ref"] or DEFAULT_MODEL)
     with Pyramid.load(target, draft=draft, qualifier=qualifier, config=config, stages=stages) as pyr:
-        click.echo("edge-spec: " + ", ".join(f"{t.path.name} on {t.device}" for t in pyr.models), err=True)
         options = dict(max_tokens=o["max_tokens"], sampling=sampling, stop=o["stop"], raw=o["raw"])
+        pieces = pyr.stream(prompt, **options)  # checks the prompt and options before anything is printed
+        click.echo("edge-spec: " + ", ".join(f"{t.path.name} on {t.device}" for t in pyr.models), err=True)
         try:
-            if o["as_json"]:
-                click.echo(json.dumps(pyr.generate(prompt, **options).to_dict()))
-                return
-            for piece in pyr.stream(prompt, **options):
-                click.echo(piece, nl=False)
-                sys.stdout.flush()
-            click.echo()
+            for piece in pieces:
+                if not o["as_json"]:
+                    click.echo(piece, nl=False)
+                    sys.stdout.flush()
         except KeyboardInterrupt:
             click.echo()
             if pyr.last_result is not None:
                 click.echo(f"edge-spec: interrupted; {pyr.last_result.stats.line()}", err=True)
             sys.exit(EXIT_INTERRUPTED)
         assert pyr.last_result is not None
+        if o["as_json"]:
+            click.echo(json.dumps(pyr.last_result.to_dict()))
+        else:
+            click.echo()
         click.echo(f"edge-spec: {pyr.last_result.stats.line()}", err=True)
 
 

@@ -378,7 +378,7 @@ def test_score_reuses_common_prefix(
     np.testing.assert_allclose(rows, expected, atol=ATOL)
 
 
-def test_score_reports_decode_time_of_the_suffix_only(tier: Tier) -> None:
+def test_score_adds_to_decode_seconds(tier: Tier) -> None:
     tier.score(SEQ[:40])
     before = tier.decode_seconds
     tier.score(SEQ[:41])
@@ -544,11 +544,6 @@ def test_truncated_gguf(tiny_target: Path, tmp_path: Path, fraction: float) -> N
         Tier(path, TierConfig(n_ctx=16, n_threads=1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend._LOG_WARN/_LOG_ERROR are 2/3, but ggml's levels are INFO=2, WARN=3, ERROR=4: "
-    "llama.cpp's error lines never reach the message",
-)
 def test_truncated_gguf_message_carries_llama_cpp_reason(tiny_target: Path, tmp_path: Path) -> None:
     path = write_truncated_copy(tiny_target, tmp_path / "truncated.gguf", 0.5)
     with pytest.raises(ModelError, match=r"\(corrupt or truncated\?\): \S"):
@@ -575,10 +570,6 @@ def test_context_manager_closes_on_error(tiny_target: Path) -> None:
     assert t._model is None and t._ctx is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a closed Tier keeps dangling _vocab/_memory pointers: decode/tokenize/reset segfault or abort",
-)
 def test_use_after_close_raises_instead_of_crashing(tiny_target: Path) -> None:
     code = (
         "import sys\n"
