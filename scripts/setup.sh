@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Set up edge-spec in .venv: llama-cpp-python compiled for this machine, then edge-spec and its dev tools.
-#   CUDA when nvcc is on PATH; on CPUs with AMX, a build without AMX kernels (llama.cpp's AMX weight buffer
+#   CUDA when nvcc is on PATH and nvidia-smi sees a GPU; on CPUs with AMX, a build without AMX kernels (llama.cpp's AMX weight buffer
 #   dies with SIGILL in VMs) that keeps every other ISA extension the CPU has, so weight repacking stays on.
 #   CMAKE_ARGS in the environment overrides the choice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cmake_args() {
-  if command -v nvcc >/dev/null 2>&1; then
+  if command -v nvcc >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then
     echo "-DGGML_CUDA=on"
   elif grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
     local args="-DGGML_NATIVE=OFF" flag option
