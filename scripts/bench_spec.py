@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Speculative modes side by side, in one process: the target alone, 2-tier SD, 3-tier lossless, PSD_A and
-PSD_F, greedy, over code and chat prompts. Rounds are interleaved (every mode runs each prompt before the
-next repeat); the first pass is a warm-up and is dropped. Reports decode tokens/s, the ratio to the target
+PSD_F, greedy, over code and chat prompts. Runs are interleaved (every mode runs each prompt before the
+next prompt) after a short warm-up generation per mode. Reports decode tokens/s, the ratio to the target
 alone (median over prompts), acceptance per stage and, for fuzzy modes, greedy agreement with the
 target's own output (share of tokens equal up to the first divergence, and overall).
 
@@ -77,7 +77,7 @@ def agreement(ours: list[int], ref: list[int]) -> tuple[float, float]:
 @click.option("--target", default="qwen-1.5b", show_default=True)
 @click.option("--draft", default="qwen-0.5b", show_default=True)
 @click.option("--tokens", default=128, show_default=True)
-@click.option("--repeats", default=1, show_default=True, help="Measured passes after the warm-up.")
+@click.option("--repeats", default=1, show_default=True, help="Measured passes over the prompts.")
 @click.option("--blocks", default="3,4,6", show_default=True, help="SD block lengths to try.")
 @click.option("--taus", default="0.3,0.5", show_default=True, help="Fuzzy thresholds to try.")
 @click.option("--suite", default="all", type=click.Choice(["code", "chat", "all"]), show_default=True)
@@ -99,14 +99,18 @@ def main(
     prompts = [(s, p) for s, ps in PROMPTS.items() if suite in (s, "all") for p in ps]
     rate: dict[tuple[str, int], list[float]] = {}
     result: dict[tuple[str, int], dict] = {}
-    for rep in range(repeats + 1):
+
+    def pyramid(m: Mode) -> Pyramid:
+        d = d_tier if m.draft == "model" else NGRAM if m.draft == "ngram" else None
+        return Pyramid(t_tier, d_tier if m.qualifier else None, d, m.stages)
+
+    for m in all_modes:
+        pyramid(m).generate("Say hello.", max_tokens=16)
+    for _ in range(repeats):
         for i, (_, prompt) in enumerate(prompts):
             for m in all_modes:
-                qualifier = d_tier if m.qualifier else None
-                d = d_tier if m.draft == "model" else NGRAM if m.draft == "ngram" else None
-                out = Pyramid(t_tier, qualifier, d, m.stages).generate(prompt, max_tokens=tokens)
-                if rep > 0:
-                    rate.setdefault((m.name, i), []).append(out.stats.tokens_per_second)
+                out = pyramid(m).generate(prompt, max_tokens=tokens)
+                rate.setdefault((m.name, i), []).append(out.stats.tokens_per_second)
                 result[(m.name, i)] = {"ids": out.token_ids, "stats": out.stats.summary()}
     rows = []
     for m in all_modes:

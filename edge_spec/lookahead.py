@@ -1,0 +1,520 @@
+"""Adaptive lookahead: how many tokens the proposer below a verifier drafts next round, and when to stop.
+
+Pure Python/numpy, no model. A policy answers three questions for one verifier stage:
+
+    next_block(limit)        before a round: ask the proposer for k tokens, 0 <= k <= limit
+                             (0 = no speculation this round: the verifier decodes one token alone);
+    keep_drafting(i, p, H)   inside a model drafter's loop, after its i-th token (1-based) with top-1
+                             probability p and entropy H (nats): False stops the block there, and the
+                             token just drafted is kept;
+    observe(report)          after the round: what was proposed, accepted, and what it cost.
+
+Glossary: *requested* = the k asked for; *proposed* = tokens the proposer returned (fewer when an n-gram
+has no longer match, a drafter hits end of generation, or keep_drafting stopped it); *accepted* = the
+prefix of the proposal the verifier kept (the verifier's own recovered/bonus token is not counted).
+
+Policies keep state per generation: the loop makes a fresh one for every generation through the factory
+that `parse_lookahead` returns. Per-token acceptance follows the geometric model of Leviathan et al.
+(2023): position i is accepted with probability a given every earlier one was, so a round that accepts
+m of k proposed tokens shows m successes and, when m < k, one failure; later positions are unobserved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from edge_spec.acceptance import expected_tokens
+from edge_spec.errors import ConfigError
+
+# Benchmarks decide the default: "fixed:4" until the policies have been measured against each other.
+DEFAULT_LOOKAHEAD = "fixed:4"
+
+LOOKAHEAD_HELP = (
+    "fixed:K | pmin:P[:MAX] | entropy:H[:MAX] | cumulative:H[:MAX] | goodput[:MAX]  "
+    "(MAX = longest block, default 16)"
+)
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one verification round did (input to `observe`)."""
+
+    requested: int  # block length the policy asked for
+    proposed: (
+        int  # tokens the proposer returned (<= requested: an n-gram or a confidence stop may give fewer)
+    )
+    accepted: int  # of those, accepted by the verifier (prefix length)
+    propose_seconds: float  # wall time the proposer took for this block (0 for n-gram)
+    verify_seconds: float  # wall time of the verifier's one batched decode of proposed + 1 tokens
+    confidences: tuple[float, ...] = ()  # proposer's top-1 probability per proposed token, () if it has none
+
+    def __post_init__(self) -> None:
+        if self.requested < 0 or self.proposed < 0 or not 0 <= self.accepted <= self.proposed:
+            raise ValueError(
+                f"need requested >= 0 and 0 <= accepted <= proposed, got requested={self.requested}, "
+                f"proposed={self.proposed}, accepted={self.accepted}"
+            )
+        if not (self.propose_seconds >= 0.0 and self.verify_seconds >= 0.0):  # also rejects NaN
+            raise ValueError(
+                f"round times must be >= 0, got propose={self.propose_seconds}, verify={self.verify_seconds}"
+            )
+
+
+@runtime_checkable
+class Lookahead(Protocol):
+    """A block-length policy for one verifier stage (see the module docstring)."""
+
+    name: str
+    needs_confidence: bool  # whether keep_drafting reads top1/entropy (the drafter then computes a softmax)
+
+    def next_block(self, limit: int) -> int:
+        """Tokens to ask for this round, 0..limit (0 = no speculation: the verifier decodes alone)."""
+        ...
+
+    def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
+        """After the `drafted`-th token (1-based): False = stop the block here (that token is kept)."""
+        ...
+
+    def observe(self, report: RoundReport) -> None:
+        """Learn from the round just verified."""
+        ...
+
+    def summary(self) -> dict[str, object]:
+        """Final estimates for JSON stats (plain floats/ints/lists/dicts)."""
+        ...
+
+
+def _clamp(k: int, limit: int) -> int:
+    return max(0, min(k, limit))
+
+
+class _Tally:
+    """Counters every policy reports: rounds, tokens, the histogram of requested block lengths."""
+
+    name = "?"
+
+    def __init__(self) -> None:
+        self.rounds = 0  # observed rounds
+        self.requested = 0  # tokens asked for
+        self.proposed = 0  # tokens returned by the proposer
+        self.accepted = 0  # tokens accepted by the verifier
+        self.early_stops = 0  # times keep_drafting returned False
+        self.k_histogram: dict[int, int] = {}  # requested block length -> rounds
+
+    def _asked(self, k: int) -> int:
+        self.k_histogram[k] = self.k_histogram.get(k, 0) + 1
+        return k
+
+    def _stop(self, keep: bool) -> bool:
+        self.early_stops += not keep
+        return keep
+
+    def observe(self, report: RoundReport) -> None:
+        self.rounds += 1
+        self.requested += report.requested
+        self.proposed += report.proposed
+        self.accepted += report.accepted
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "policy": self.name,
+            "rounds": self.rounds,
+            "requested": self.requested,
+            "proposed": self.proposed,
+            "accepted": self.accepted,
+            "acceptance_rate": self.accepted / self.proposed if self.proposed else None,  # accepted/proposed
+            "early_stops": self.early_stops,
+            "k_histogram": {str(k): n for k, n in sorted(self.k_histogram.items())},
+        }
+
+
+def _check_max_block(max_block: int) -> None:
+    if not (isinstance(max_block, int) and max_block >= 1):
+        raise ConfigError(f"lookahead max block must be an integer >= 1, got {max_block!r}")
+
+
+class Fixed(_Tally):
+    """Always ask for k tokens (clamped to the limit); never stop early. The classic SD baseline
+    (Leviathan et al. 2023; llama.cpp `--spec-draft-n-max` with p_min 0)."""
+
+    name = "fixed"
+    needs_confidence = False
+
+    def __init__(self, k: int = 4) -> None:
+        super().__init__()
+        if not (isinstance(k, int) and k >= 0):
+            raise ConfigError(f"fixed lookahead needs an integer k >= 0, got {k!r}")
+        self.k = k  # block length asked for every round (0 = never speculate)
+
+    def next_block(self, limit: int) -> int:
+        return self._asked(_clamp(self.k, limit))
+
+    def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
+        return True
+
+    def summary(self) -> dict[str, object]:
+        return {**super().summary(), "k": self.k}
+
+
+class Confidence(_Tally):
+    """Ask for max_block tokens; stop as soon as the drafter's top-1 probability falls below p_min, keeping
+    that token. As llama.cpp's draft loop (`common/speculative.cpp`: push the token, then break when
+    `cur_p->data[0].p < params.p_min`; defaults p_min 0.75, n_max 16 in `common/common.h`)."""
+
+    name = "pmin"
+    needs_confidence = True
+
+    def __init__(self, p_min: float = 0.75, max_block: int = 16) -> None:
+        super().__init__()
+        if not 0.0 <= p_min <= 1.0:
+            raise ConfigError(f"p_min must be in [0, 1], got {p_min!r}")
+        _check_max_block(max_block)
+        self.p_min = p_min  # stop after the first drafted token whose top-1 probability is below this
+        self.max_block = max_block  # longest block asked for
+
+    def next_block(self, limit: int) -> int:
+        return self._asked(_clamp(self.max_block, limit))
+
+    def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
+        return self._stop(top1 >= self.p_min)
+
+    def summary(self) -> dict[str, object]:
+        return {**super().summary(), "p_min": self.p_min, "max_block": self.max_block}
+
+
+class Entropy(_Tally):
+    """Ask for max_block tokens; stop when sqrt(gamma * H) > h, H the drafter's entropy in nats, keeping the
+    high-entropy token. SVIP (Zhang et al. 2024) bounds the acceptance rate below by 1 - sqrt(gamma * H);
+    AdaEDL (Agrawal et al. 2024) stops on the same bound. Defaults stop at H > h^2 / gamma = 0.6 nats."""
+
+    name = "entropy"
+    needs_confidence = True
+
+    def __init__(self, h: float = 0.3, gamma: float = 0.15, max_block: int = 16) -> None:
+        super().__init__()
+        if not h >= 0.0:
+            raise ConfigError(f"entropy threshold h must be >= 0, got {h!r}")
+        if not gamma > 0.0:
+            raise ConfigError(f"entropy gamma must be > 0, got {gamma!r}")
+        _check_max_block(max_block)
+        self.h = h  # stop when sqrt(gamma * H) exceeds this
+        self.gamma = gamma  # scale of the entropy in the acceptance bound (SVIP's gamma)
+        self.max_block = max_block  # longest block asked for
+
+    def next_block(self, limit: int) -> int:
+        return self._asked(_clamp(self.max_block, limit))
+
+    def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
+        return self._stop(math.sqrt(self.gamma * max(entropy, 0.0)) <= self.h)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            **super().summary(),
+            "h": self.h,
+            "gamma": self.gamma,
+            "max_entropy_nats": self.h * self.h / self.gamma,
+            "max_block": self.max_block,
+        }
+
+
+class Cumulative(_Tally):
+    """SpecDec++ (Huang et al. 2024): keep the running product of per-token acceptance estimates within the
+    block and stop when 1 - product > h (the chance that some drafted token is rejected). SpecDec++ trains
+    an acceptance head; here the estimate is the drafter's top-1 probability calibrated online: top-1 is
+    bucketed into `bins` bins, each with a Beta prior of weight `prior_weight` centred on top-1 itself
+    (so before any data the estimate is top-1), updated with the accepted / rejected positions observed."""
+
+    name = "cumulative"
+    needs_confidence = True
+
+    def __init__(
+        self, h: float = 0.3, max_block: int = 16, bins: int = 10, prior_weight: float = 4.0
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= h <= 1.0:
+            raise ConfigError(f"cumulative threshold h must be in [0, 1], got {h!r}")
+        _check_max_block(max_block)
+        if not (isinstance(bins, int) and bins >= 1):
+            raise ConfigError(f"calibration bins must be an integer >= 1, got {bins!r}")
+        if not prior_weight > 0.0:
+            raise ConfigError(f"calibration prior weight must be > 0, got {prior_weight!r}")
+        self.h = h  # stop when the chance of a rejection within the block exceeds this (SpecDec++: 0.3)
+        self.max_block = max_block  # longest block asked for
+        self.bins = bins  # top-1 buckets of the calibration table
+        self.prior_weight = prior_weight  # pseudo-observations per bucket, centred on top-1 itself
+        self.hits = np.zeros(bins)  # [bins] accepted positions per bucket
+        self.trials = np.zeros(bins)  # [bins] observed (accepted or rejected) positions per bucket
+        self.product = 1.0  # running product of estimates in the current block
+
+    def _bin(self, top1: float) -> int:
+        return min(max(int(top1 * self.bins), 0), self.bins - 1)
+
+    def estimate(self, top1: float) -> float:
+        """Calibrated chance that a token drafted with this top-1 probability is accepted."""
+        top1 = min(max(top1, 0.0), 1.0)
+        b = self._bin(top1)
+        return float((self.prior_weight * top1 + self.hits[b]) / (self.prior_weight + self.trials[b]))
+
+    def next_block(self, limit: int) -> int:
+        self.product = 1.0
+        return self._asked(_clamp(self.max_block, limit))
+
+    def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
+        if drafted <= 1:
+            self.product = 1.0
+        self.product *= self.estimate(top1)
+        return self._stop(1.0 - self.product <= self.h)
+
+    def observe(self, report: RoundReport) -> None:
+        super().observe(report)
+        for i, top1 in enumerate(report.confidences[: report.proposed]):
+            if i > report.accepted:  # past the first rejection: unobserved
+                break
+            b = self._bin(top1)
+            self.trials[b] += 1
+            self.hits[b] += i < report.accepted
+
+    def summary(self) -> dict[str, object]:
+        table = [
+            {
+                "top1": [b / self.bins, (b + 1) / self.bins],
+                "observed": int(self.trials[b]),
+                "accepted": int(self.hits[b]),
+                "estimate_at_centre": self.estimate((b + 0.5) / self.bins),
+            }
+            for b in range(self.bins)
+        ]
+        return {**super().summary(), "h": self.h, "max_block": self.max_block, "calibration": table}
+
+
+class LinearFit:
+    """Least squares y ~ b0 + b1 * x over the last `window` observations, both coefficients >= 0.
+
+    With a single distinct x the slope is not identifiable: `flat` decides the fallback (True: b1 = 0,
+    b0 = mean y, a cost independent of length; False: b0 = 0, b1 = mean(y / x), a cost per item)."""
+
+    def __init__(self, window: int, flat: bool) -> None:
+        self.xs: deque[float] = deque(maxlen=window)
+        self.ys: deque[float] = deque(maxlen=window)
+        self.flat = flat
+        self.coef = (0.0, 0.0)  # (b0, b1), refreshed by add()
+
+    def add(self, x: float, y: float) -> None:
+        self.xs.append(float(x))
+        self.ys.append(float(y))
+        self.coef = self._fit()
+
+    def identified(self) -> bool:
+        return len(set(self.xs)) >= 2
+
+    def __call__(self, x: float) -> float:
+        return self.coef[0] + self.coef[1] * x
+
+    def _fit(self) -> tuple[float, float]:
+        x, y = np.asarray(self.xs), np.asarray(self.ys)
+        if not self.identified():
+            if self.flat or x[0] == 0:
+                return float(y.mean()), 0.0
+            return 0.0, float(y.mean() / x[0])
+        xm, ym = x.mean(), y.mean()
+        b1 = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
+        b0 = float(ym - b1 * xm)
+        if b1 < 0.0:  # noise on a flat curve: the best non-negative fit is flat
+            return float(ym), 0.0
+        if b0 < 0.0:  # through the origin
+            return 0.0, float((x * y).sum() / (x * x).sum())
+        return b0, b1
+
+
+class Goodput(_Tally):
+    """SmartSpec (Liu et al. 2024) / SpecServe (Huang et al. 2025): choose k in 0..limit maximising
+    expected committed tokens per second,
+
+        rate(k) = (1 - a^(k+1)) / (1 - a)  /  (propose(k) + verify(k + 1)),   propose(0) = 0,
+
+    with a the per-token acceptance (exponentially weighted successes / (successes + failures) under the
+    geometric model, with a prior) and a cost model measured online from the rounds' wall times:
+    propose(k) = c0 + c1 * k and verify(n) = v0 + v1 * n, least squares over the last `window` rounds.
+    k = 0 (no speculation) is chosen when drafting costs more than it saves.
+
+    Cold start: the first rounds cycle through `warmup` lengths so the verify fit sees distinct batch
+    lengths. Exploration: every `explore_every` rounds the best k is moved by +-1 so the fit stays
+    identifiable. While k = 0 wins, a probe of `probe_k` tokens is sent after `explore_every` zero rounds,
+    then after twice as many (up to `max_probe_every`), since the acceptance estimate only moves on
+    proposals; a winning k > 0 resets the interval."""
+
+    name = "goodput"
+    needs_confidence = False
+
+    def __init__(
+        self,
+        max_block: int = 16,
+        explore_every: int = 8,
+        warmup: tuple[int, ...] = (4, 2, 6),
+        probe_k: int = 4,
+        max_probe_every: int = 64,
+        memory: float = 0.9,
+        prior_acceptance: float = 0.6,
+        prior_weight: float = 2.0,
+        window: int = 64,
+    ) -> None:
+        super().__init__()
+        _check_max_block(max_block)
+        if not (isinstance(explore_every, int) and explore_every >= 2):
+            raise ConfigError(f"goodput explore_every must be an integer >= 2, got {explore_every!r}")
+        if not warmup or any(not (isinstance(k, int) and k >= 0) for k in warmup):
+            raise ConfigError(f"goodput warm-up lengths must be integers >= 0, got {warmup!r}")
+        if not (isinstance(probe_k, int) and probe_k >= 1):
+            raise ConfigError(f"goodput probe_k must be an integer >= 1, got {probe_k!r}")
+        if not 0.0 < memory <= 1.0:
+            raise ConfigError(f"goodput memory must be in (0, 1], got {memory!r}")
+        if not 0.0 <= prior_acceptance <= 1.0 or not prior_weight > 0.0:
+            raise ConfigError("goodput prior acceptance must be in [0, 1] and its weight > 0")
+        if not (isinstance(window, int) and window >= 2):
+            raise ConfigError(f"goodput cost window must be an integer >= 2, got {window!r}")
+        self.max_block = max_block  # longest block considered
+        self.explore_every = explore_every  # every this many rounds try best k +- 1 (and first re-probe)
+        self.warmup = warmup  # block lengths of the first rounds, before the cost model has data
+        self.probe_k = probe_k  # block length of a re-probe while k = 0 wins
+        self.max_probe_every = max_probe_every  # longest run of k = 0 rounds between probes
+        self.memory = memory  # per-round decay of the acceptance evidence (0.9: about the last 10 rounds)
+        self.prior_acceptance = prior_acceptance  # acceptance assumed before any proposal is verified
+        self.prior_weight = prior_weight  # pseudo-observations behind that prior
+        self.window = window  # rounds the cost fits look back over
+        self.successes = 0.0  # decayed accepted positions
+        self.failures = 0.0  # decayed rejected positions
+        self.propose_cost = LinearFit(window, flat=False)  # seconds ~ c0 + c1 * proposed, proposed > 0
+        self.verify_cost = LinearFit(window, flat=True)  # seconds ~ v0 + v1 * (proposed + 1)
+        self.decisions = 0  # next_block calls with room to speculate
+        self.zero_run = 0  # consecutive rounds where k = 0 won
+        self.probe_every = explore_every  # zero rounds before the next probe (doubles while probes fail)
+        self.probes = 0  # probes sent while k = 0 won
+        self.explorations = 0  # rounds moved off the best k to keep the fit identifiable
+        self._step = 1  # direction of the next exploration step
+
+    @property
+    def acceptance(self) -> float:
+        """Current per-token acceptance estimate."""
+        num = self.successes + self.prior_weight * self.prior_acceptance
+        return num / (self.successes + self.failures + self.prior_weight)
+
+    def expected_seconds(self, k: int) -> float:
+        """Predicted wall time of a round with block k (propose k, verify k + 1)."""
+        return (self.propose_cost(k) if k > 0 else 0.0) + self.verify_cost(k + 1)
+
+    def rates(self, cap: int) -> list[float]:
+        """[cap + 1] predicted committed tokens per second for k = 0..cap."""
+        a = min(max(self.acceptance, 0.0), 1.0)
+        return [expected_tokens(a, k) / max(self.expected_seconds(k), 1e-9) for k in range(cap + 1)]
+
+    def best(self, cap: int) -> int:
+        """The k in 0..cap with the highest predicted rate (the shortest on ties)."""
+        return int(np.argmax(self.rates(cap)))
+
+    def next_block(self, limit: int) -> int:
+        cap = _clamp(self.max_block, limit)
+        if cap == 0:
+            return self._asked(0)
+        self.decisions += 1
+        if self.decisions <= len(self.warmup) or not self.verify_cost.xs:  # cold start
+            return self._asked(min(self.warmup[(self.decisions - 1) % len(self.warmup)], cap))
+        best = self.best(cap)
+        if best == 0:
+            self.zero_run += 1
+            if self.zero_run < self.probe_every:
+                return self._asked(0)
+            self.zero_run = 0
+            self.probes += 1
+            self.probe_every = min(2 * self.probe_every, self.max_probe_every)
+            return self._asked(min(self.probe_k, cap))
+        self.zero_run = 0
+        self.probe_every = self.explore_every
+        if self.decisions % self.explore_every == 0:
+            self._step = -self._step
+            k = _clamp(best + self._step, cap)
+            if k == best:
+                k = _clamp(best - self._step, cap)
+            self.explorations += k != best
+            return self._asked(k)
+        return self._asked(best)
+
+    def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
+        return True
+
+    def observe(self, report: RoundReport) -> None:
+        super().observe(report)
+        if report.proposed > 0:
+            self.successes = self.memory * self.successes + report.accepted
+            self.failures = self.memory * self.failures + (report.accepted < report.proposed)
+            self.propose_cost.add(report.proposed, report.propose_seconds)
+        self.verify_cost.add(report.proposed + 1, report.verify_seconds)
+
+    def summary(self) -> dict[str, object]:
+        c0, c1 = self.propose_cost.coef
+        v0, v1 = self.verify_cost.coef
+        return {
+            **super().summary(),
+            "max_block": self.max_block,
+            "acceptance_estimate": self.acceptance,
+            "propose_cost": {"c0": c0, "c1": c1, "rounds": len(self.propose_cost.xs)},  # seconds, s/token
+            "verify_cost": {"v0": v0, "v1": v1, "rounds": len(self.verify_cost.xs)},  # seconds, s/token
+            "verify_seconds_per_token": {  # verify(n) / n by batch length n: what batching buys
+                str(n): self.verify_cost(n) / n for n in range(1, self.max_block + 2)
+            },
+            "best_k": self.best(self.max_block) if self.verify_cost.xs else None,
+            "probes": self.probes,
+            "explorations": self.explorations,
+        }
+
+
+# --- CLI specs --------------------------------------------------------------------------------------
+
+_NAMES = ("fixed", "pmin", "entropy", "cumulative", "goodput")
+
+
+def _number(spec: str, text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(
+            f"invalid lookahead {spec!r}: {text!r} is not {'an integer' if kind is int else 'a number'} "
+            f"(expected {LOOKAHEAD_HELP})"
+        ) from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"invalid lookahead {spec!r}: {text!r} is not a finite number")
+    return value
+
+
+def parse_lookahead(spec: str) -> Callable[[], Lookahead]:
+    """A factory of fresh policies from a CLI string: `fixed:K`, `pmin:P`, `entropy:H`, `cumulative:H`,
+    `goodput`; the threshold policies and goodput take an optional `:MAX` (longest block). A bare name
+    uses the defaults. Raises ConfigError with a one-line message on anything else."""
+    name, *args = spec.strip().lower().split(":")
+    if name not in _NAMES:
+        raise ConfigError(f"unknown lookahead {spec!r}: expected {LOOKAHEAD_HELP}")
+    most = {"fixed": 1, "goodput": 1}.get(name, 2)
+    if len(args) > most:
+        raise ConfigError(f"invalid lookahead {spec!r}: too many ':' fields (expected {LOOKAHEAD_HELP})")
+    kwargs: dict[str, float | int] = {}
+    if name == "fixed" and args:
+        kwargs["k"] = _number(spec, args[0], int)
+    elif name == "goodput" and args:
+        kwargs["max_block"] = _number(spec, args[0], int)
+    elif args:
+        kwargs[{"pmin": "p_min", "entropy": "h", "cumulative": "h"}[name]] = _number(spec, args[0], float)
+        if len(args) == 2:
+            kwargs["max_block"] = _number(spec, args[1], int)
+    cls: type = {"fixed": Fixed, "pmin": Confidence, "entropy": Entropy, "cumulative": Cumulative}.get(
+        name, Goodput
+    )
+    try:
+        cls(**kwargs)  # validate now, not at the first generation
+    except ConfigError as e:
+        raise ConfigError(f"invalid lookahead {spec!r}: {e}") from None
+    return lambda: cls(**kwargs)

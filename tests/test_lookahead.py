@@ -1,0 +1,397 @@
+"""Unit tests for edge_spec.lookahead (no model): scripted histories and planted cost curves, seeded."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from edge_spec.errors import ConfigError
+from edge_spec.lookahead import (
+    DEFAULT_LOOKAHEAD,
+    Confidence,
+    Cumulative,
+    Entropy,
+    Fixed,
+    Goodput,
+    Lookahead,
+    RoundReport,
+    parse_lookahead,
+)
+
+POLICIES: list[Callable[[], Lookahead]] = [Fixed, Confidence, Entropy, Cumulative, Goodput]
+
+
+def geometric_accepts(rng: np.random.Generator, alpha: float, k: int) -> int:
+    """Accepted prefix length of k tokens, each accepted with probability alpha until the first rejection."""
+    n = 0
+    while n < k and rng.random() < alpha:
+        n += 1
+    return n
+
+
+def simulate(
+    policy: Goodput,
+    rounds: int,
+    alpha: float,
+    propose: tuple[float, float],  # (c0, c1): propose seconds = c0 + c1 * proposed
+    verify: tuple[float, float],  # (v0, v1): verify seconds = v0 + v1 * (proposed + 1)
+    seed: int = 0,
+    noise: float = 0.01,  # relative standard deviation of the planted times
+    limit: int = 64,
+) -> list[int]:
+    """Run `rounds` rounds of a proposer that returns what was asked; the block lengths chosen."""
+    rng = np.random.default_rng(seed)
+    ks = []
+    for _ in range(rounds):
+        k = policy.next_block(limit)
+        ks.append(k)
+        t_p = (propose[0] + propose[1] * k) * (1 + noise * rng.standard_normal()) if k else 0.0
+        t_v = (verify[0] + verify[1] * (k + 1)) * (1 + noise * rng.standard_normal())
+        policy.observe(RoundReport(k, k, geometric_accepts(rng, alpha, k), t_p, t_v))
+    return ks
+
+
+# --- shared behaviour -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", POLICIES)
+def test_protocol_and_clamping(make: Callable[[], Lookahead]) -> None:
+    policy = make()
+    assert isinstance(policy, Lookahead)
+    assert isinstance(policy.name, str) and isinstance(policy.needs_confidence, bool)
+    for limit, most in [(0, 0), (-3, 0), (1, 1), (2, 2), (100, 16)]:
+        assert 0 <= policy.next_block(limit) <= most
+    json.dumps(policy.summary())
+
+
+@pytest.mark.parametrize("make", POLICIES)
+def test_limit_zero_after_history(make: Callable[[], Lookahead]) -> None:
+    policy = make()
+    for _ in range(20):
+        k = policy.next_block(8)
+        policy.observe(RoundReport(k, k, k // 2, 0.01 * k, 0.05, (0.9,) * k))
+    assert policy.next_block(0) == 0
+    assert policy.next_block(1) <= 1
+
+
+@pytest.mark.parametrize(
+    ("make", "needs"),
+    [(Fixed, False), (Confidence, True), (Entropy, True), (Cumulative, True), (Goodput, False)],
+)
+def test_needs_confidence(make: Callable[[], Lookahead], needs: bool) -> None:
+    assert make().needs_confidence is needs
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [
+        ({"requested": 2, "proposed": 2, "accepted": 3}, "accepted"),
+        ({"requested": 2, "proposed": -1, "accepted": 0}, "proposed"),
+        ({"requested": 2, "proposed": 2, "accepted": 1, "verify_seconds": -1.0}, "times"),
+        ({"requested": 2, "proposed": 2, "accepted": 1, "verify_seconds": math.nan}, "times"),
+    ],
+)
+def test_round_report_rejects_inconsistent_counts(kwargs: dict, bad: str) -> None:
+    args = {"propose_seconds": 0.0, "verify_seconds": 0.01, **kwargs}
+    with pytest.raises(ValueError):
+        RoundReport(**args)
+
+
+# --- fixed, confidence, entropy -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("k", "limit", "expected"), [(4, 10, 4), (4, 3, 3), (4, 0, 0), (0, 10, 0), (7, 7, 7)]
+)
+def test_fixed(k: int, limit: int, expected: int) -> None:
+    policy = Fixed(k)
+    assert policy.next_block(limit) == expected
+    assert all(policy.keep_drafting(i, 0.01, 10.0) for i in range(1, 20))
+
+
+def drafted_until_stop(policy: Lookahead, steps: list[tuple[float, float]]) -> int:
+    """Tokens a drafter keeps, given (top1, entropy) per token: it stops after the first False."""
+    for i, (top1, entropy) in enumerate(steps, start=1):
+        if not policy.keep_drafting(i, top1, entropy):
+            return i
+    return len(steps)
+
+
+@pytest.mark.parametrize(
+    ("top1s", "kept"),
+    [
+        ([0.9, 0.8, 0.76, 0.74, 0.99], 4),  # stops at the first top1 < 0.75, keeping it
+        ([0.74, 0.99], 1),
+        ([0.75, 0.75, 0.75], 3),  # exactly p_min keeps drafting
+        ([0.99] * 5, 5),
+    ],
+)
+def test_confidence_stops_at_threshold_crossing(top1s: list[float], kept: int) -> None:
+    policy = Confidence(p_min=0.75, max_block=16)
+    assert policy.next_block(100) == 16
+    assert drafted_until_stop(policy, [(p, 0.0) for p in top1s]) == kept
+
+
+@pytest.mark.parametrize(
+    ("entropies", "kept"),
+    [
+        ([0.1, 0.59, 0.61, 0.0], 3),  # threshold h^2 / gamma = 0.6 nats, the high-entropy token kept
+        ([0.7], 1),
+        ([0.0, 0.3, 0.599], 3),
+        ([2.0, 0.0], 1),
+    ],
+)
+def test_entropy_stops_at_threshold_crossing(entropies: list[float], kept: int) -> None:
+    policy = Entropy(h=0.3, gamma=0.15, max_block=16)
+    assert policy.next_block(9) == 9
+    assert drafted_until_stop(policy, [(0.5, h) for h in entropies]) == kept
+    assert policy.summary()["max_entropy_nats"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize(
+    ("h", "gamma", "entropy", "keep"),
+    [
+        (0.3, 0.15, 0.6 - 1e-9, True),
+        (0.3, 0.15, 0.6 + 1e-9, False),
+        (0.5, 0.5, 0.49, True),
+        (0.5, 0.5, 0.51, False),
+    ],
+)
+def test_entropy_boundary(h: float, gamma: float, entropy: float, keep: bool) -> None:
+    assert Entropy(h=h, gamma=gamma).keep_drafting(1, 0.9, entropy) is keep
+
+
+# --- cumulative -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("top1s", "kept"),
+    [
+        ([0.9] * 8, 4),  # products 0.9, 0.81, 0.729, 0.656: 1 - 0.656 > 0.3 at the 4th
+        ([0.6, 0.99], 1),  # 1 - 0.6 > 0.3 at once
+        ([0.99] * 40, 36),  # 0.99^35 = 0.703 keeps going, 0.99^36 = 0.696 stops (token kept)
+    ],
+)
+def test_cumulative_uncalibrated_uses_top1(top1s: list[float], kept: int) -> None:
+    policy = Cumulative(h=0.3)
+    policy.next_block(100)
+    assert drafted_until_stop(policy, [(p, 1.0) for p in top1s]) == kept
+
+
+def test_cumulative_product_resets_each_block() -> None:
+    policy = Cumulative(h=0.3)
+    for _ in range(3):
+        policy.next_block(16)
+        assert drafted_until_stop(policy, [(0.9, 0.0)] * 8) == 4
+
+
+def test_cumulative_calibration_drifts_to_observed_rate() -> None:
+    """A drafter whose top1 is always 0.9 but whose tokens are accepted half the time."""
+    rng = np.random.default_rng(7)
+    policy = Cumulative(h=0.3)
+    blocks = []
+    for _ in range(60):
+        policy.next_block(16)
+        n = drafted_until_stop(policy, [(0.9, 0.2)] * 16)
+        blocks.append(n)
+        policy.observe(RoundReport(16, n, geometric_accepts(rng, 0.5, n), 0.01 * n, 0.05, (0.9,) * n))
+    assert blocks[0] == 4
+    assert policy.estimate(0.9) == pytest.approx(0.5, abs=0.1)
+    assert blocks[-10:] == [1] * 10  # 1 - 0.5 > 0.3: stop after the first token
+    table = policy.summary()["calibration"]
+    assert table[9]["observed"] > 20 and table[9]["accepted"] < table[9]["observed"]
+    assert table[0]["observed"] == 0 and table[0]["estimate_at_centre"] == pytest.approx(0.05)
+    json.dumps(policy.summary())
+
+
+@pytest.mark.parametrize(
+    ("proposed", "accepted", "hits", "trials"),
+    [
+        (4, 4, 4, 4),  # all accepted: 4 successes
+        (4, 2, 2, 3),  # 2 accepted, the 3rd rejected, the 4th unobserved
+        (4, 0, 0, 1),  # the first rejected
+        (0, 0, 0, 0),  # nothing proposed
+    ],
+)
+def test_cumulative_observe_counts_positions(proposed: int, accepted: int, hits: int, trials: int) -> None:
+    policy = Cumulative()
+    policy.observe(RoundReport(4, proposed, accepted, 0.01, 0.05, (0.95,) * proposed))
+    assert policy.hits.sum() == hits and policy.trials.sum() == trials
+
+
+def test_cumulative_calibration_upwards() -> None:
+    """An underconfident drafter (top1 0.55) that is always right earns longer blocks."""
+    policy = Cumulative(h=0.3)
+    policy.next_block(16)
+    assert drafted_until_stop(policy, [(0.55, 1.0)] * 16) == 1
+    for _ in range(30):
+        policy.observe(RoundReport(4, 4, 4, 0.01, 0.05, (0.55,) * 4))
+    assert policy.estimate(0.55) > 0.95
+    policy.next_block(16)
+    assert drafted_until_stop(policy, [(0.55, 1.0)] * 16) >= 8
+
+
+# --- goodput --------------------------------------------------------------------------------------
+
+
+def test_goodput_cold_start_varies_lengths() -> None:
+    policy = Goodput()
+    assert [policy.next_block(16) for _ in range(3)] == [4, 2, 6]  # no observations yet: keeps warming up
+    policy = Goodput()
+    assert policy.next_block(3) == 3
+
+
+def test_goodput_chooses_zero_when_drafting_does_not_pay() -> None:
+    """Drafting a token costs as much as verifying a block and acceptance is low."""
+    policy = Goodput()
+    ks = simulate(policy, 200, alpha=0.3, propose=(0.0, 0.05), verify=(0.05, 0.001))
+    tail = ks[50:]
+    assert tail.count(0) / len(tail) > 0.9
+    assert policy.best(16) == 0
+    assert policy.acceptance < 0.55  # few proposals to learn from: the prior (0.6) still weighs in
+
+
+def test_goodput_long_blocks_when_drafting_is_cheap() -> None:
+    policy = Goodput()
+    ks = simulate(policy, 200, alpha=0.9, propose=(0.0, 0.005), verify=(0.05, 0.002))
+    tail = ks[50:]
+    assert 0 not in tail
+    assert 6 <= float(np.median(tail)) <= 12  # optimum for a = 0.9 is k = 8
+    assert policy.acceptance == pytest.approx(0.9, abs=0.15)  # a 10-round memory: sd about 0.03
+
+
+def test_goodput_respects_max_block_and_limit() -> None:
+    policy = Goodput(max_block=5)
+    ks = simulate(policy, 60, alpha=0.99, propose=(0.0, 0.001), verify=(0.05, 0.0001), limit=64)
+    assert max(ks) <= 5 and ks[-1] >= 4
+    assert policy.next_block(2) <= 2 and policy.next_block(0) == 0
+
+
+def test_goodput_cost_model_converges_to_planted_curve() -> None:
+    rng = np.random.default_rng(3)
+    policy = Goodput()
+    c0, c1, v0, v1 = 0.002, 0.03, 0.08, 0.004
+    for _ in range(200):
+        k = int(rng.integers(0, 10))
+        t_p = (c0 + c1 * k) * (1 + 0.01 * rng.standard_normal()) if k else 0.0
+        t_v = (v0 + v1 * (k + 1)) * (1 + 0.01 * rng.standard_normal())
+        policy.observe(RoundReport(k, k, k // 2, t_p, t_v))
+    s = policy.summary()
+    assert s["propose_cost"]["c1"] == pytest.approx(c1, rel=0.03)
+    assert s["propose_cost"]["c0"] == pytest.approx(c0, abs=0.003)  # small intercept: absolute tolerance
+    assert s["verify_cost"]["v0"] == pytest.approx(v0, rel=0.03)
+    assert s["verify_cost"]["v1"] == pytest.approx(v1, rel=0.05)
+    per_token = s["verify_seconds_per_token"]
+    assert per_token["1"] == pytest.approx(v0 + v1, rel=0.03)
+    assert per_token["17"] == pytest.approx((v0 + 17 * v1) / 17, rel=0.03)
+    assert list(per_token.values()) == sorted(per_token.values(), reverse=True)  # batching amortises v0
+
+
+def test_goodput_fit_through_own_exploration() -> None:
+    """Only the policy's own choices (warm-up, k +- 1) identify the verify slope."""
+    policy = Goodput()
+    simulate(policy, 300, alpha=0.8, propose=(0.0, 0.004), verify=(0.04, 0.003), noise=0.005)
+    assert policy.explorations > 0
+    assert policy.verify_cost.coef[1] == pytest.approx(0.003, rel=0.3)
+    assert policy.verify_cost.coef[0] == pytest.approx(0.04, rel=0.1)
+    assert policy.propose_cost.coef[1] == pytest.approx(0.004, rel=0.1)
+
+
+def test_goodput_reprobes_after_zeros_with_backoff() -> None:
+    policy = Goodput(explore_every=8, max_probe_every=64)
+    ks = simulate(policy, 400, alpha=0.0, propose=(0.0, 0.05), verify=(0.05, 0.001))
+    tail = ks[20:]
+    probes = [i for i, k in enumerate(tail) if k > 0]
+    assert len(probes) >= 4  # keeps re-probing ...
+    gaps = np.diff(probes)
+    assert gaps[-1] >= gaps[0] and gaps.max() <= 65  # ... less often, within the cap
+    assert policy.probes >= 4
+
+
+def test_goodput_recovers_when_acceptance_improves() -> None:
+    """Acceptance jumps from 0 to 0.95 (e.g. the output starts quoting the prompt): a probe finds it."""
+    policy = Goodput(explore_every=8, max_probe_every=32)
+    simulate(policy, 100, alpha=0.0, propose=(0.0, 0.004), verify=(0.05, 0.002))
+    assert policy.next_block(16) == 0 or policy.best(16) == 0
+    ks = simulate(policy, 100, alpha=0.95, propose=(0.0, 0.004), verify=(0.05, 0.002), seed=1)
+    assert all(k > 0 for k in ks[-30:])
+
+
+def test_goodput_free_proposer_full_acceptance() -> None:
+    """An n-gram proposer: no propose cost, acceptance 1: the longest block wins (a = 1 handled)."""
+    policy = Goodput(max_block=8)
+    ks = simulate(policy, 60, alpha=1.0, propose=(0.0, 0.0), verify=(0.05, 0.0005))
+    assert ks[-1] >= 7
+    assert math.isfinite(policy.summary()["acceptance_estimate"])
+
+
+def test_goodput_summary_json() -> None:
+    policy = Goodput()
+    assert json.loads(json.dumps(policy.summary()))["best_k"] is None  # no data yet
+    simulate(policy, 50, alpha=0.7, propose=(0.001, 0.01), verify=(0.05, 0.003))
+    s = json.loads(json.dumps(policy.summary()))
+    assert s["policy"] == "goodput" and s["rounds"] == 50
+    assert set(s) >= {"acceptance_estimate", "propose_cost", "verify_cost", "verify_seconds_per_token"}
+    assert sum(s["k_histogram"].values()) == 50
+    assert len(s["verify_seconds_per_token"]) == 17
+
+
+# --- parse_lookahead ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "cls", "attrs"),
+    [
+        ("fixed:4", Fixed, {"k": 4}),
+        ("fixed:0", Fixed, {"k": 0}),
+        (" Fixed:7 ", Fixed, {"k": 7}),
+        ("fixed", Fixed, {"k": 4}),
+        ("pmin:0.6", Confidence, {"p_min": 0.6, "max_block": 16}),
+        ("pmin:0.8:8", Confidence, {"p_min": 0.8, "max_block": 8}),
+        ("pmin", Confidence, {"p_min": 0.75}),
+        ("entropy:0.4", Entropy, {"h": 0.4, "gamma": 0.15}),
+        ("entropy:0.4:12", Entropy, {"h": 0.4, "max_block": 12}),
+        ("cumulative:0.2", Cumulative, {"h": 0.2}),
+        ("cumulative:0.3:24", Cumulative, {"h": 0.3, "max_block": 24}),
+        ("goodput", Goodput, {"max_block": 16}),
+        ("goodput:10", Goodput, {"max_block": 10}),
+        (DEFAULT_LOOKAHEAD, Fixed, {"k": 4}),
+    ],
+)
+def test_parse_lookahead_valid(spec: str, cls: type, attrs: dict) -> None:
+    factory = parse_lookahead(spec)
+    first, second = factory(), factory()
+    assert type(first) is cls and first is not second  # a fresh policy per generation
+    for key, value in attrs.items():
+        assert getattr(first, key) == value
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "unknown lookahead"),
+        ("magic:3", "unknown lookahead"),
+        ("fixed:x", "not an integer"),
+        ("fixed:2.5", "not an integer"),
+        ("fixed:-1", "k >= 0"),
+        ("fixed:4:5", "too many"),
+        ("pmin:1.5", "p_min must be in [0, 1]"),
+        ("pmin:abc", "not a number"),
+        ("pmin:0.5:0", "max block"),
+        ("entropy:-0.1", "h must be >= 0"),
+        ("entropy:nan", "finite"),
+        ("cumulative:2", "[0, 1]"),
+        ("cumulative:0.3:1:2", "too many"),
+        ("goodput:0", "max block"),
+        ("goodput:1:2", "too many"),
+    ],
+)
+def test_parse_lookahead_invalid(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_lookahead(spec)
+    text = str(info.value)
+    assert message in text and "\n" not in text and repr(spec) in text
