@@ -207,7 +207,10 @@ class Pyramid:
             stats.decode_seconds = time.perf_counter() - t1
             stats.generated_tokens = len(out_ids)
             stats.tier_seconds = {t.path.name: t.decode_seconds - before[t.path.name] for t in self.models}
-            stats.stages = [v.stats for v in _verifiers(top) if v.stats is not None]
+            for v in _verifiers(top):
+                if v.stats is not None:
+                    v.stats.lookahead = v.policy.summary()
+                    stats.stages.append(v.stats)
             self.last_result = Result(text.text, out_ids, stats)
         tail = text.finish()
         if tail:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from edge_spec.errors import ConfigError, EdgeSpecError
+from edge_spec.lookahead import DEFAULT_LOOKAHEAD, LOOKAHEAD_HELP
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -42,25 +43,33 @@ def main() -> None:
     """Speculative decoding for local GGUF models on llama.cpp."""
 
 
-def _stages(
-    n_stages: int,
-    accept: str,
-    tau_q: float,
-    tau_t: float,
-    divergence: str,
-    draft_block: int,
-    qualifier_block: int,
-) -> list[Any]:
+def _per_stage(option: str, value: str, n_stages: int) -> list[str]:
+    """One value for every stage, or a comma-separated value per stage, bottom-up."""
+    values = [v.strip() for v in value.split(",")]
+    if len(values) == 1:
+        values *= n_stages
+    if len(values) != n_stages:
+        raise ConfigError(f"{option}: give one value or one per stage ({n_stages}), bottom-up")
+    return values
+
+
+def _stages(n_stages: int, o: dict[str, Any]) -> list[Any]:
+    """Stage settings, bottom-up: draft -> qualifier (when 3 tiers), then -> target."""
     from edge_spec.pyramid import StageConfig
 
-    rules = [r.strip() for r in accept.split(",")]
-    if len(rules) == 1:
-        rules *= n_stages
-    if len(rules) != n_stages:
-        raise ConfigError(f"--accept: give one rule or one per stage ({n_stages}), bottom-up")
-    taus = [tau_q, tau_t][-n_stages:]
-    blocks = [draft_block, qualifier_block][:n_stages]
-    return [StageConfig(r, t, divergence, block=b) for r, t, b in zip(rules, taus, blocks, strict=True)]
+    rules = _per_stage("--accept", o["accept"], n_stages)
+    lookaheads = _per_stage("--lookahead", o["lookahead"], n_stages)
+    if o["draft_block"] is not None:
+        lookaheads[0] = f"fixed:{o['draft_block']}"
+    if o["qualifier_block"] is not None:
+        if n_stages < 2:
+            raise ConfigError("--qualifier-block needs a qualifier (--qualifier PATH)")
+        lookaheads[1] = f"fixed:{o['qualifier_block']}"
+    taus = [o["tau_q"], o["tau_t"]][-n_stages:]
+    return [
+        StageConfig(rule, tau, o["divergence"], lookahead=look)
+        for rule, tau, look in zip(rules, taus, lookaheads, strict=True)
+    ]
 
 
 @main.command()
@@ -94,9 +103,23 @@ def _stages(
 @click.option(
     "--divergence", default="js", show_default=True, type=click.Choice(["js", "js-sym", "kl", "tv"])
 )
-@click.option("--draft-block", default=4, show_default=True, help="Tokens drafted per verification.")
 @click.option(
-    "--qualifier-block", default=8, show_default=True, help="Tokens the qualifier hands the target."
+    "--lookahead",
+    default=DEFAULT_LOOKAHEAD,
+    show_default=True,
+    help=f"Block length policy: {LOOKAHEAD_HELP}; one, or one per stage bottom-up (a,b).",
+)
+@click.option(
+    "--draft-block",
+    default=None,
+    type=int,
+    help="Fixed tokens drafted per verification (= --lookahead fixed:K at the bottom stage).",
+)
+@click.option(
+    "--qualifier-block",
+    default=None,
+    type=int,
+    help="Fixed tokens the qualifier hands the target (fixed:K at the top stage).",
 )
 @click.option("--raw", is_flag=True, help="Send the prompt as-is, without the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, token_ids, stats).")
@@ -111,15 +134,7 @@ def run(prompt: str, **o: Any) -> None:
     sampling = SamplingConfig(o["temperature"], o["top_k"], o["top_p"], o["min_p"], o["seed"])
     config = TierConfig(o["ctx"], o["batch"], o["gpu_layers"], o["cache_type"], o["flash_attn"])
     n_stages = (o["draft_ref"] is not None) + (o["qualifier_ref"] is not None)
-    stages = _stages(
-        max(n_stages, 1),
-        o["accept"],
-        o["tau_q"],
-        o["tau_t"],
-        o["divergence"],
-        o["draft_block"],
-        o["qualifier_block"],
-    )
+    stages = _stages(max(n_stages, 1), o)
     draft = o["draft_ref"] if o["draft_ref"] in (None, "ngram") else resolve(o["draft_ref"])
     qualifier = resolve(o["qualifier_ref"]) if o["qualifier_ref"] else None
     target = resolve(o["target_ref"] or DEFAULT_MODEL)

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from edge_spec.backend import Tier
+from edge_spec.lookahead import Lookahead
 from edge_spec.sampling import SamplingConfig, make_rng, sample, warp
 
 
@@ -17,6 +18,7 @@ class Block:
 
     tokens: list[int]
     logits: np.ndarray | None  # [len(tokens), V] float32 raw logits rows; None = no distribution (one-hot)
+    confidences: tuple[float, ...] = ()  # top-1 probability per token, when the lookahead policy asked
 
 
 class Proposer(Protocol):
@@ -24,8 +26,9 @@ class Proposer(Protocol):
 
     name: str
 
-    def propose(self, seq: list[int], n: int) -> Block:
-        """Up to `n` tokens continuing `seq` (fewer, even none, when it has nothing good to offer)."""
+    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
+        """Up to `n` tokens continuing `seq` (fewer, even none, when it has nothing good to offer).
+        A model drafter asks `policy.keep_drafting` after each token."""
         ...
 
 
@@ -39,7 +42,7 @@ class NgramProposer:
         self.max_ngram = max_ngram  # longest suffix searched for
         self.min_ngram = min_ngram  # shortest suffix accepted as a match
 
-    def propose(self, seq: list[int], n: int) -> Block:
+    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
         arr = np.asarray(seq, dtype=np.int64)
         for size in range(min(self.max_ngram, len(arr) - 1), self.min_ngram - 1, -1):
             windows = np.lib.stride_tricks.sliding_window_view(arr[:-1], size)
@@ -59,18 +62,30 @@ class ModelDrafter:
         self.sampling = sampling
         self.rng = rng or make_rng(sampling.seed)
 
-    def propose(self, seq: list[int], n: int) -> Block:
+    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
         tokens: list[int] = []
         rows: list[np.ndarray] = []
-        for _ in range(n):
+        confidences: list[float] = []
+        for i in range(1, n + 1):
             logits = self.tier.score(seq + tokens, 1)[0]
-            token = (
-                int(logits.argmax())
-                if self.sampling.greedy
-                else sample(warp(logits, self.sampling), self.rng)
-            )
+            greedy = self.sampling.greedy
+            token = int(logits.argmax()) if greedy else sample(warp(logits, self.sampling), self.rng)
             tokens.append(token)
             rows.append(logits.copy())
-            if self.tier.is_eog(token):
+            keep = True
+            if policy is not None and policy.needs_confidence:
+                top1, entropy = confidence(logits)
+                confidences.append(top1)
+                keep = policy.keep_drafting(i, top1, entropy)
+            if not keep or self.tier.is_eog(token):
                 break
-        return Block(tokens, np.stack(rows) if rows else None)
+        return Block(tokens, np.stack(rows) if rows else None, tuple(confidences))
+
+
+def confidence(logits: np.ndarray) -> tuple[float, float]:
+    """Top-1 probability and entropy (nats) of softmax(logits); logits [V]."""
+    z = logits.astype(np.float64) - logits.max()
+    e = np.exp(z)
+    total = e.sum()
+    entropy = float(np.log(total) - (e * z).sum() / total)
+    return float(1.0 / total), entropy

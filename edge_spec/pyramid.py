@@ -4,11 +4,12 @@ Every tier above the bottom is a `Verifier`: one round asks the tier below for a
 block + 1 positions in ONE batched decode, keeps the accepted prefix and appends its own token (recovered
 or bonus). A verifier that sits under another keeps running rounds until it holds the block asked of it
 (PyramidSD's qualifier); the top verifier (the target) runs one round per commit. Classic SD, PSD_F,
-PSD_A and HSD are settings of the stages (exact or fuzzy, tau, block length), not separate code paths.
+PSD_A and HSD are settings of the stages (exact or fuzzy, tau, lookahead), not separate code paths.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from edge_spec import acceptance
 from edge_spec.acceptance import Verdict
 from edge_spec.backend import Tier
 from edge_spec.errors import ConfigError
+from edge_spec.lookahead import DEFAULT_LOOKAHEAD, Lookahead, RoundReport, parse_lookahead
 from edge_spec.proposers import Block, Proposer
 from edge_spec.sampling import SamplingConfig, warp
 from edge_spec.stats import StageStats
@@ -33,7 +35,7 @@ class StageConfig:
     tau: float = 0.0  # fuzzy threshold on the divergence; 0 = exact
     divergence: str = "js"  # js (FSD form) | js-sym | kl | tv, on raw logits
     top_k: int | None = None  # approximate the divergence on the verifier's top-k tokens + one tail bucket
-    block: int = 4  # tokens asked of the tier below per round (PyramidSD's l_D for the qualifier, l_Q above)
+    lookahead: str = DEFAULT_LOOKAHEAD  # policy sizing the block asked of the tier below (l_D, l_Q)
 
     def __post_init__(self) -> None:
         if self.accept not in ACCEPT_RULES:
@@ -43,8 +45,7 @@ class StageConfig:
             raise ConfigError(
                 f"divergence must be one of {', '.join(acceptance.DIVERGENCES)}, got {self.divergence!r}"
             )
-        if self.block < 1:
-            raise ConfigError(f"block length must be at least 1, got {self.block}")
+        parse_lookahead(self.lookahead)
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"divergence top-k must be positive, got {self.top_k}")
 
@@ -64,25 +65,35 @@ class Verifier:
         self.tier, self.below, self.stage, self.sampling, self.rng = tier, below, stage, sampling, rng
         self.name = tier.path.name
         self.keep_logits = keep_logits  # hand our logits rows up: the stage above needs them
+        self.policy = parse_lookahead(stage.lookahead)()  # fresh state per generation
         self.stats = StageStats(self.name, below.name) if below is not None else None
 
-    def round(self, seq: list[int], k: int) -> Block:
-        """One verification: ask for k tokens, score them in one decode, keep a prefix + our own token."""
-        block = self.below.propose(seq, k) if self.below is not None and k > 0 else Block([], None)
+    def round(self, seq: list[int], limit: int) -> Block:
+        """One verification: ask the tier below for as many tokens as the lookahead policy decides (at most
+        `limit`), score them in ONE decode, keep the accepted prefix and append our own token."""
+        k = self.policy.next_block(limit) if self.below is not None else 0
+        t0 = time.perf_counter()
+        block = (
+            self.below.propose(seq, k, self.policy) if self.below is not None and k > 0 else Block([], None)
+        )
         draft = block.tokens
+        t1 = time.perf_counter()
         rows = self.tier.score(seq + draft, len(draft) + 1)  # [len(draft) + 1, V]
+        t2 = time.perf_counter()
         verdict = self._judge(np.asarray(draft, dtype=np.int64), rows, block.logits)
-        if self.stats is not None and draft:
-            self.stats.record(len(draft), verdict.n_accepted, k)
         n = verdict.n_accepted
+        if self.stats is not None:
+            self.policy.observe(RoundReport(k, len(draft), n, t1 - t0, t2 - t1, block.confidences))
+            self.stats.record(len(draft), n, k)
         return Block([*draft[:n], verdict.token], rows[: n + 1].copy() if self.keep_logits else None)
 
-    def propose(self, seq: list[int], n: int) -> Block:
-        """Run rounds until holding n tokens (or an end-of-generation token)."""
+    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
+        """Run rounds until holding n tokens (or an end-of-generation token): the stage above chose n, our
+        own policy sizes each inner round."""
         tokens: list[int] = []
         rows: list[np.ndarray] = []
         while len(tokens) < n:
-            block = self.round(seq + tokens, min(self.stage.block, n - len(tokens) - 1))
+            block = self.round(seq + tokens, n - len(tokens) - 1)
             tokens += block.tokens
             if block.logits is not None:
                 rows.append(block.logits)
@@ -120,7 +131,7 @@ def commit_rounds(top: Verifier, prompt: list[int], max_new: int) -> Iterator[li
     seq = list(prompt)
     produced = 0
     while produced < max_new:
-        block = top.round(seq, min(top.stage.block, max_new - produced - 1))
+        block = top.round(seq, max_new - produced - 1)
         tokens = block.tokens[: max_new - produced]
         seq += tokens
         produced += len(tokens)

@@ -11,8 +11,10 @@ class StageStats:
     """One verification stage (a verifier checking the tier below it).
 
     accepted: proposed tokens the verifier kept; recovered: rounds ended by a rejection, where the verifier
-    emitted its own token; bonus: rounds where every proposed token was accepted and the verifier added one.
-    The accepted-length histogram counts accepted proposed tokens per round, without the verifier's token.
+    emitted its own token; bonus: rounds where every proposed token was accepted and the verifier added one;
+    skipped: rounds where nothing was proposed (the lookahead chose 0, or an n-gram found no match) and
+    the verifier decoded alone. The accepted-length histogram counts accepted proposed tokens per round with
+    a proposal, without the verifier's token; the block-length histogram counts the lengths asked for.
     """
 
     verifier: str
@@ -22,11 +24,17 @@ class StageStats:
     accepted: int = 0
     recovered: int = 0
     bonus: int = 0
+    skipped: int = 0
+    lookahead: dict[str, object] = field(default_factory=dict)  # the policy's final estimates
     accepted_lengths: Counter[int] = field(default_factory=Counter)
     block_lengths: Counter[int] = field(default_factory=Counter)
 
     def record(self, proposed: int, accepted: int, requested: int) -> None:
         self.rounds += 1
+        self.block_lengths[requested] += 1
+        if proposed == 0:
+            self.skipped += 1
+            return
         self.proposed += proposed
         self.accepted += accepted
         if accepted < proposed:
@@ -34,9 +42,9 @@ class StageStats:
         else:
             self.bonus += 1
         self.accepted_lengths[accepted] += 1
-        self.block_lengths[requested] += 1
 
     def summary(self) -> dict[str, object]:
+        speculated = self.rounds - self.skipped
         return {
             "verifier": self.verifier,
             "proposer": self.proposer,
@@ -45,10 +53,12 @@ class StageStats:
             "accepted": self.accepted,
             "recovered": self.recovered,
             "bonus": self.bonus,
+            "skipped": self.skipped,
             "acceptance_rate": round(self.accepted / self.proposed, 4) if self.proposed else None,
-            "mean_accepted_length": round(self.accepted / self.rounds, 3) if self.rounds else None,
+            "mean_accepted_length": round(self.accepted / speculated, 3) if speculated else None,
             "accepted_length_histogram": dict(sorted(self.accepted_lengths.items())),
             "block_length_histogram": dict(sorted(self.block_lengths.items())),
+            "lookahead": self.lookahead,
         }
 
 

@@ -48,17 +48,26 @@ class Mode:
 
 def modes(blocks: tuple[int, ...], taus: tuple[float, ...]) -> list[Mode]:
     out = [Mode("target alone", None, False, (StageConfig(),))]
-    out += [Mode(f"SD k={k}", "model", False, (StageConfig(block=k),)) for k in blocks]
-    out.append(Mode("ngram->target k=6", "ngram", False, (StageConfig(block=6),)))
-    out.append(Mode("3-tier lossless", "ngram", True, (StageConfig(block=6), StageConfig(block=4))))
+    out += [Mode(f"SD k={k}", "model", False, (StageConfig(lookahead=f"fixed:{k}"),)) for k in blocks]
+    out.append(Mode("ngram->target k=6", "ngram", False, (StageConfig(lookahead="fixed:6"),)))
+    out.append(
+        Mode(
+            "3-tier lossless",
+            "ngram",
+            True,
+            (StageConfig(lookahead="fixed:6"), StageConfig(lookahead="fixed:4")),
+        )
+    )
     for tau in taus:
-        out.append(Mode(f"SD k=4 fuzzy tau={tau}", "model", False, (StageConfig("fuzzy", tau, block=4),)))
+        out.append(
+            Mode(f"SD k=4 fuzzy tau={tau}", "model", False, (StageConfig("fuzzy", tau, lookahead="fixed:4"),))
+        )
         out.append(
             Mode(
                 f"PSD_A tau_T={tau}",
                 "ngram",
                 True,
-                (StageConfig(block=6), StageConfig("fuzzy", tau, block=4)),
+                (StageConfig(lookahead="fixed:6"), StageConfig("fuzzy", tau, lookahead="fixed:4")),
             )
         )
     return out

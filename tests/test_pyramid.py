@@ -61,7 +61,7 @@ def reference(tiers: dict[str, Tier]) -> list[int]:
 def test_two_tiers_exact_greedy_equals_target(
     tiers: dict[str, Tier], reference: list[int], draft: str, block: int
 ) -> None:
-    out = _pyramid(tiers, draft, None, [StageConfig(block=block)]).generate(
+    out = _pyramid(tiers, draft, None, [StageConfig(lookahead=f"fixed:{block}")]).generate(
         PROMPT, max_tokens=N_TOKENS, raw=True
     )
     assert out.token_ids == reference
@@ -82,7 +82,10 @@ def test_three_tiers_exact_greedy_equals_target(
     tiers: dict[str, Tier], reference: list[int], draft: str, draft_block: int, qualifier_block: int
 ) -> None:
     qualifier = "noisy" if draft != "noisy" else "same"
-    stages = [StageConfig(block=draft_block), StageConfig(block=qualifier_block)]
+    stages = [
+        StageConfig(lookahead=f"fixed:{draft_block}"),
+        StageConfig(lookahead=f"fixed:{qualifier_block}"),
+    ]
     out = _pyramid(tiers, draft, qualifier, stages).generate(PROMPT, max_tokens=N_TOKENS, raw=True)
     assert out.token_ids == reference
     assert len(out.stats.stages) == 2
@@ -92,7 +95,10 @@ def test_three_tiers_exact_greedy_equals_target(
 def test_fuzzy_tau_zero_is_exact_greedy(
     tiers: dict[str, Tier], reference: list[int], divergence: str
 ) -> None:
-    stages = [StageConfig("fuzzy", 0.0, divergence, block=3), StageConfig("fuzzy", 0.0, divergence, block=6)]
+    stages = [
+        StageConfig("fuzzy", 0.0, divergence, lookahead="fixed:3"),
+        StageConfig("fuzzy", 0.0, divergence, lookahead="fixed:6"),
+    ]
     out = _pyramid(tiers, "noisy", "same", stages).generate(PROMPT, max_tokens=N_TOKENS, raw=True)
     assert out.token_ids == reference
 
@@ -100,7 +106,7 @@ def test_fuzzy_tau_zero_is_exact_greedy(
 def test_fuzzy_accepts_more_as_tau_grows(tiers: dict[str, Tier], reference: list[int]) -> None:
     rates = []
     for tau in (0.0, 0.3, 10.0):
-        stage = StageConfig("fuzzy", tau, "js", block=4)
+        stage = StageConfig("fuzzy", tau, "js", lookahead="fixed:4")
         out = _pyramid(tiers, "noisy", None, [stage]).generate(PROMPT, max_tokens=N_TOKENS, raw=True)
         (s,) = out.stats.stages
         rates.append(s.accepted / s.proposed)
@@ -111,7 +117,7 @@ def test_fuzzy_accepts_more_as_tau_grows(tiers: dict[str, Tier], reference: list
 
 
 def test_psd_a_exact_inner_fuzzy_outer_runs(tiers: dict[str, Tier]) -> None:
-    stages = [StageConfig("exact", block=3), StageConfig("fuzzy", 0.5, "js", block=6)]
+    stages = [StageConfig("exact", lookahead="fixed:3"), StageConfig("fuzzy", 0.5, "js", lookahead="fixed:6")]
     out = _pyramid(tiers, "unrelated", "noisy", stages).generate(PROMPT, max_tokens=N_TOKENS, raw=True)
     assert len(out.token_ids) == N_TOKENS
     inner, outer = out.stats.stages
@@ -123,7 +129,7 @@ def test_seeded_sampling_is_deterministic(
     tiers: dict[str, Tier], draft: str | None, qualifier: str | None
 ) -> None:
     n_stages = (draft is not None) + (qualifier is not None)
-    pyr = _pyramid(tiers, draft, qualifier, [StageConfig(block=4)] * max(n_stages, 1))
+    pyr = _pyramid(tiers, draft, qualifier, [StageConfig(lookahead="fixed:4")] * max(n_stages, 1))
     runs = [
         pyr.generate(
             PROMPT, max_tokens=48, raw=True, sampling=SamplingConfig(temperature=1.5, seed=seed)
@@ -141,7 +147,7 @@ def test_lossless_sampling_follows_the_target_distribution(tiers: dict[str, Tier
     its empirical distribution, given the most common first token, with the target's warped probabilities.
     """
     sampling = SamplingConfig(temperature=2.0)
-    pyr = _pyramid(tiers, "noisy", None, [StageConfig(block=3)])
+    pyr = _pyramid(tiers, "noisy", None, [StageConfig(lookahead="fixed:3")])
     prompt_ids = pyr.encode("the cat", raw=True)
     n = 3000
     pairs = Counter(
@@ -170,7 +176,9 @@ def test_lossless_sampling_follows_the_target_distribution(tiers: dict[str, Tier
 
 def test_generation_reaching_the_context_edge_ends_cleanly(tiny_target: Path, tiny_noisy: Path) -> None:
     cfg = TierConfig(n_ctx=48, cache_type="f32", flash_attn=False)
-    with Pyramid.load(tiny_target, draft=tiny_noisy, config=cfg, stages=[StageConfig(block=8)]) as pyr:
+    with Pyramid.load(
+        tiny_target, draft=tiny_noisy, config=cfg, stages=[StageConfig(lookahead="fixed:8")]
+    ) as pyr:
         n_prompt = len(pyr.encode(PROMPT, raw=True))
         out = pyr.generate(PROMPT, max_tokens=1000, raw=True)
         assert out.finish_reason == "context"
@@ -181,7 +189,7 @@ def test_generation_reaching_the_context_edge_ends_cleanly(tiny_target: Path, ti
 
 
 def test_max_tokens_and_stop_strings(tiers: dict[str, Tier], reference: list[int]) -> None:
-    pyr = _pyramid(tiers, "noisy", None, [StageConfig(block=5)])
+    pyr = _pyramid(tiers, "noisy", None, [StageConfig(lookahead="fixed:5")])
     out = pyr.generate(PROMPT, max_tokens=7, raw=True)
     assert out.token_ids == reference[:7]
     assert out.finish_reason == "length"
@@ -193,7 +201,7 @@ def test_max_tokens_and_stop_strings(tiers: dict[str, Tier], reference: list[int
 
 
 def test_stream_yields_the_same_text(tiers: dict[str, Tier]) -> None:
-    pyr = _pyramid(tiers, "noisy", None, [StageConfig(block=4)])
+    pyr = _pyramid(tiers, "noisy", None, [StageConfig(lookahead="fixed:4")])
     pieces = list(pyr.stream(PROMPT, max_tokens=30, raw=True))
     assert len(pieces) > 1
     assert "".join(pieces) == pyr.generate(PROMPT, max_tokens=30, raw=True).text
@@ -225,7 +233,9 @@ def test_invalid_settings(tiers: dict[str, Tier]) -> None:
     with pytest.raises(ConfigError):
         StageConfig(divergence="hellinger")
     with pytest.raises(ConfigError):
-        StageConfig(block=0)
+        StageConfig(lookahead="fixed:-1")
+    with pytest.raises(ConfigError):
+        StageConfig(lookahead="sometimes")
     with pytest.raises(ConfigError, match="qualifier needs a draft"):
         Pyramid(tiers["target"], tiers["same"], None)
     with pytest.raises(ConfigError, match="stage settings"):

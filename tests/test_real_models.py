@@ -49,9 +49,9 @@ def test_greedy_output_is_stable_and_sensible(target: Tier) -> None:
 @pytest.mark.parametrize(
     ("draft", "qualifier", "stages"),
     [
-        ("self", None, [StageConfig(block=4)]),
-        ("ngram", None, [StageConfig(block=6)]),
-        ("ngram", "self", [StageConfig(block=3), StageConfig(block=8)]),
+        ("self", None, [StageConfig(lookahead="fixed:4")]),
+        ("ngram", None, [StageConfig(lookahead="fixed:6")]),
+        ("ngram", "self", [StageConfig(lookahead="fixed:3"), StageConfig(lookahead="fixed:8")]),
     ],
 )
 def test_speculative_output_stays_on_the_greedy_path(

@@ -52,10 +52,12 @@ def test_stage_summary() -> None:
         "accepted": 5,
         "recovered": 2,
         "bonus": 1,
+        "skipped": 0,
         "acceptance_rate": 0.5,
         "mean_accepted_length": 1.667,
         "accepted_length_histogram": {0: 1, 1: 1, 4: 1},
         "block_length_histogram": {4: 2, 6: 1},
+        "lookahead": {},
     }
     assert list(s.summary()["accepted_length_histogram"]) == [0, 1, 4]  # sorted
 
@@ -64,6 +66,14 @@ def test_stage_summary_rounding() -> None:
     summary = stage((3, 1, 3), (3, 1, 3), (3, 0, 3)).summary()
     assert summary["acceptance_rate"] == 0.2222
     assert summary["mean_accepted_length"] == 0.667
+
+
+def test_rounds_without_a_proposal_count_as_skipped() -> None:
+    s = stage((4, 2, 4), (0, 0, 4), (0, 0, 0))
+    summary = s.summary()
+    assert (summary["rounds"], summary["skipped"], summary["recovered"], summary["bonus"]) == (3, 2, 1, 0)
+    assert summary["mean_accepted_length"] == 2.0  # over rounds with a proposal
+    assert summary["block_length_histogram"] == {0: 1, 4: 2}
 
 
 def test_empty_stage_summary_has_no_rates() -> None:
