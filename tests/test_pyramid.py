@@ -242,3 +242,30 @@ def test_invalid_settings(tiers: dict[str, Tier]) -> None:
         Pyramid(tiers["target"], None, tiers["same"], [StageConfig(), StageConfig()])
     with pytest.raises(ConfigError, match="max tokens"):
         _pyramid(tiers, None, None, [StageConfig()]).generate(PROMPT, max_tokens=0)
+
+
+POLICIES = ["fixed:3", "pmin:0.8", "entropy:0.3", "cumulative:0.3", "goodput", "goodput:6"]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize(("draft", "qualifier"), [("noisy", None), ("unrelated", None), ("ngram", "noisy")])
+def test_lossless_greedy_output_is_identical_whatever_the_policy(
+    tiers: dict[str, Tier], reference: list[int], policy: str, draft: str, qualifier: str | None
+) -> None:
+    stages = [StageConfig(lookahead=policy)] * (1 + (qualifier is not None))
+    out = _pyramid(tiers, draft, qualifier, stages).generate(PROMPT, max_tokens=N_TOKENS, raw=True)
+    assert out.token_ids == reference
+    for stage in out.stats.stages:
+        assert stage.lookahead["policy"] == policy.split(":")[0]
+        assert max(stage.block_lengths) <= 16
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_no_policy_can_exceed_the_context(tiny_target: Path, tiny_same: Path, policy: str) -> None:
+    cfg = TierConfig(n_ctx=40, cache_type="f32", flash_attn=False)
+    stages = [StageConfig(lookahead=policy), StageConfig(lookahead=policy)]
+    with Pyramid.load(tiny_target, draft="ngram", qualifier=tiny_same, config=cfg, stages=stages) as pyr:
+        for max_tokens in (1, 2, 5, 1000):
+            out = pyr.generate(PROMPT, max_tokens=max_tokens, raw=True)
+            assert len(out.token_ids) == min(max_tokens, 40 - len(pyr.encode(PROMPT, raw=True)))
+            assert all(t.n_past <= 40 for t in pyr.models)
