@@ -294,7 +294,8 @@ class Cumulative(_Tally):
 
 
 class LinearFit:
-    """Least squares y ~ b0 + b1 * x over the last `window` observations, both coefficients >= 0.
+    """A cost curve: least squares y ~ b0 + b1 * x over the last `window` observations, both coefficients
+    >= 0, overridden by the measured median at any x seen at least twice.
 
     With a single distinct x the slope is not identifiable: `flat` decides the fallback (True: b1 = 0,
     b0 = mean y, a cost independent of length; False: b0 = 0, b1 = mean(y / x), a cost per item)."""
@@ -314,6 +315,11 @@ class LinearFit:
         return len(set(self.xs)) >= 2
 
     def __call__(self, x: float) -> float:
+        """The median of the observations at x when there are two or more (batch costs are not linear:
+        llama.cpp's repacked kernels process rows in tiles of 4 or 8), else the linear fit."""
+        seen = [y for xi, y in zip(self.xs, self.ys, strict=True) if xi == x]
+        if len(seen) >= 2:
+            return float(np.median(seen))
         return self.coef[0] + self.coef[1] * x
 
     def _fit(self) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from edge_spec.lookahead import (
     Entropy,
     Fixed,
     Goodput,
+    LinearFit,
     Lookahead,
     RoundReport,
     parse_lookahead,
@@ -395,3 +396,13 @@ def test_parse_lookahead_invalid(spec: str, message: str) -> None:
         parse_lookahead(spec)
     text = str(info.value)
     assert message in text and "\n" not in text and repr(spec) in text
+
+
+def test_cost_curve_prefers_measured_medians_over_the_line() -> None:
+    fit = LinearFit(window=64, flat=True)
+    for n, seconds in [(1, 1.0), (1, 1.0), (5, 1.8), (5, 1.8), (4, 1.1), (4, 1.1), (8, 2.2)]:
+        fit.add(n, seconds)
+    assert fit(4) == pytest.approx(1.1)  # a tile-friendly batch, cheaper than the line predicts
+    assert fit(4) < fit.coef[0] + 4 * fit.coef[1]
+    assert fit(8) == pytest.approx(fit.coef[0] + 8 * fit.coef[1])  # seen once: the line
+    assert fit(3) == pytest.approx(fit.coef[0] + 3 * fit.coef[1])
