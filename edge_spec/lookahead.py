@@ -32,8 +32,9 @@ import numpy as np
 from edge_spec.acceptance import expected_tokens
 from edge_spec.errors import ConfigError
 
-# Benchmarks decide the default: "fixed:4" until the policies have been measured against each other.
-DEFAULT_LOOKAHEAD = "fixed:4"
+# The best block length measured for Qwen2.5-Coder 0.5B -> 1.5B on a 2-core CPU (bench/README.md: k=3
+# beat k=4 and k=6 on code and chat); the adaptive policies have not yet beaten it in a complete run.
+DEFAULT_LOOKAHEAD = "fixed:3"
 
 LOOKAHEAD_HELP = (
     "fixed:K | pmin:P[:MAX] | entropy:H[:MAX] | cumulative:H[:MAX] | goodput[:MAX]  "

