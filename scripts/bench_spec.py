@@ -209,9 +209,10 @@ def main(
         f"{t_tier.n_threads} threads"
     )
     click.echo(
-        "| mode | suite | tok/s | ratio (min-max) | acceptance per stage | agreement prefix / tokens |"
+        "| mode | suite | tok/s | ratio (min-max) | acceptance per stage | on greedy path "
+        "| agreement prefix / tokens |"
     )
-    click.echo("| --- | --- | --- | --- | --- | --- |")
+    click.echo("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         acc = ", ".join(f"{a:.0%}" for a in r["acceptance"]) if r["mode"] != "target alone" else "-"
         click.echo(
