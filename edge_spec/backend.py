@@ -7,13 +7,14 @@ tokens to bytes. The position of the next token (`n_past`) lives here and nowher
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import re
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -444,22 +445,28 @@ class Tier:
 _BUFFER_LINE = re.compile(rb"(\S+)\s+(model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
 
 
-def measure_allocation(path: str | os.PathLike[str], config: TierConfig | None = None) -> dict[str, int]:
-    """Load a tier and report what llama.cpp allocated, in bytes: "weights" (llama_model_size) and the
-    buffers llama.cpp logs while loading, as "<kind>:<buffer>" (e.g. "KV:CPU", "compute:CPU")."""
-    lines: list[bytes] = []
+@contextlib.contextmanager
+def _captured_log() -> Iterator[list[tuple[int, bytes]]]:
+    """Route llama.cpp's whole log into a list of (level, text) for the block, then back to _log_to_tail."""
+    records: list[tuple[int, bytes]] = []
 
     @lc.llama_log_callback
     def capture(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-        lines.append(text)
+        records.append((level, text))
 
     lc.llama_log_set(capture, ctypes.c_void_p(0))
     try:
-        with Tier(path, config) as tier:
-            sizes = {"weights": int(lc.llama_model_size(tier._model))}
+        yield records
     finally:
         lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))
-    for m in _BUFFER_LINE.finditer(b"".join(lines)):
+
+
+def measure_allocation(path: str | os.PathLike[str], config: TierConfig | None = None) -> dict[str, int]:
+    """Load a tier and report what llama.cpp allocated, in bytes: "weights" (llama_model_size) and the
+    buffers llama.cpp logs while loading, as "<kind>:<buffer>" (e.g. "KV:CPU", "compute:CPU")."""
+    with _captured_log() as records, Tier(path, config) as tier:
+        sizes = {"weights": int(lc.llama_model_size(tier._model))}
+    for m in _BUFFER_LINE.finditer(b"".join(text for _, text in records)):
         key = f"{m[2].decode()}:{m[1].decode()}"
         sizes[key] = sizes.get(key, 0) + round(float(m[3]) * (1 << 20))
     return sizes
@@ -553,23 +560,14 @@ def quantize(
     if prune_layers:
         params.prune_layers = ctypes.cast(pruned, ctypes.POINTER(ctypes.c_int32))
 
-    warnings: list[bytes] = []
-    errors: list[bytes] = []
-
-    @lc.llama_log_callback
-    def capture(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-        if level == _LOG_WARN:
-            warnings.append(text)
-        elif level == _LOG_ERROR:
-            errors.append(text)
-
-    lc.llama_log_set(capture, ctypes.c_void_p(0))
-    try:
+    with _captured_log() as records:
         rc = lc.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
-    finally:
-        lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))
+
+    def logged(level: int) -> str:
+        return b"".join(text for lv, text in records if lv == level).decode("utf-8", "replace")
+
     if rc != 0:
-        reason = _QUANTIZE_FAILED_LOG.search(b"".join(errors).decode("utf-8", "replace"))
+        reason = _QUANTIZE_FAILED_LOG.search(logged(_LOG_ERROR))
         raise ModelError(f"llama.cpp could not quantize {Path(src).name}: {reason[1] if reason else rc}")
-    log = b"".join(warnings).decode("utf-8", "replace")
+    log = logged(_LOG_WARN)
     return [Fallback(m[1], int(m[2]), int(m[3]), m[4], m[5]) for m in _FALLBACK_LOG.finditer(log)]
