@@ -22,7 +22,7 @@ from typing import Any
 from edge_spec.backend import Tier, TierConfig
 from edge_spec.chat import Message, as_messages, render
 from edge_spec.errors import ConfigError, ContextOverflowError, EdgeSpecError
-from edge_spec.lookahead import DEFAULT_LOOKAHEAD
+from edge_spec.lookahead import DEFAULT_LOOKAHEAD, parse_lookahead
 from edge_spec.proposers import ModelDrafter, NgramProposer, Proposer
 from edge_spec.pyramid import StageConfig, Verifier, commit_rounds, stage_needs_logits
 from edge_spec.sampling import SamplingConfig, make_rng
@@ -145,6 +145,7 @@ class Pyramid:
         self.stages = list(stages) if stages is not None else [StageConfig()] * max(n_stages, 1)
         if len(self.stages) != max(n_stages, 1):
             raise ConfigError(f"{len(self.models)} tiers need {max(n_stages, 1)} stage settings")
+        self._policies = [parse_lookahead(s.lookahead) for s in self.stages]  # goodput costs persist
         self._lock = threading.Lock()  # held by the one generation under way, from start to end
         self._computing = threading.Lock()  # held while that generation computes (not while it yields)
         self._closed = False
@@ -230,20 +231,27 @@ class Pyramid:
     def encode(self, prompt: str | Sequence[Message], raw: bool = False) -> list[int]:
         """Prompt tokens: a message list (or a bare prompt as one user message) through the target's chat
         template, or with `raw` the text as-is."""
-        self._require_open()
+        text = self.prompt_text(prompt, raw)
         t = self.target
         if raw:
-            if not isinstance(prompt, str):
-                raise ConfigError("a raw prompt must be a string")
-            tokens = t.tokenize(prompt, add_bos=True, special=False)
+            tokens = t.tokenize(text, add_bos=True, special=False)
         else:
-            bos_text, eos_text = t.piece(t.bos, special=True).decode(), t.piece(t.eos, special=True).decode()
-            text = render(t.chat_template, as_messages(prompt), bos_text, eos_text)
-            has_bos = bool(bos_text) and text.startswith(bos_text)
-            tokens = t.tokenize(text, add_bos=not has_bos, special=True)
+            bos_text = t.piece(t.bos, special=True).decode()
+            tokens = t.tokenize(text, add_bos=not (bos_text and text.startswith(bos_text)), special=True)
         if not tokens:
             raise ConfigError("the prompt is empty")
         return tokens
+
+    def prompt_text(self, prompt: str | Sequence[Message], raw: bool = False) -> str:
+        """The prompt as the target reads it: rendered through its chat template, or with `raw` as-is."""
+        self._require_open()
+        if raw:
+            if not isinstance(prompt, str):
+                raise ConfigError("a raw prompt must be a string")
+            return prompt
+        t = self.target
+        bos_text, eos_text = t.piece(t.bos, special=True).decode(), t.piece(t.eos, special=True).decode()
+        return render(t.chat_template, as_messages(prompt), bos_text, eos_text)
 
     def _top(self, sampling: SamplingConfig) -> Verifier:
         """Assemble the stages for one generation (fresh stats, one shared seeded RNG)."""
@@ -257,7 +265,8 @@ class Pyramid:
         top: Verifier | None = None
         for i, tier in enumerate(verifiers):
             above_needs = i + 1 < len(verifiers) and stage_needs_logits(self.stages[i + 1], sampling)
-            top = Verifier(tier, below, self.stages[i], sampling, rng, keep_logits=above_needs)
+            policy = self._policies[i]()
+            top = Verifier(tier, below, self.stages[i], sampling, rng, above_needs, policy)
             below = top
         assert top is not None
         return top

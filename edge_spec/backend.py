@@ -68,6 +68,14 @@ def gpu_available() -> bool:
     return bool(lc.llama_supports_gpu_offload())
 
 
+def build_info() -> dict[str, str]:
+    """The llama-cpp-python version and llama.cpp's system line (backends, ISA features compiled in)."""
+    return {
+        "llama_cpp_python": lc.__version__,
+        "system_info": lc.llama_print_system_info().decode("utf-8", "replace").strip(),
+    }
+
+
 def _cpu_has_amx() -> bool:
     try:
         return "amx_tile" in Path("/proc/cpuinfo").read_text()

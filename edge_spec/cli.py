@@ -1,5 +1,6 @@
 """The `edge-spec` command line: run (generate with 1, 2 or 3 tiers), batch (a JSONL file of prompts,
-resumable), fetch (cache a carried model) and derive (write a requantized or layer-pruned draft)."""
+resumable), bench (modes side by side, speed and quality), plan (place tiers in a memory budget), models,
+fetch (cache a carried model) and derive (write a requantized or layer-pruned draft)."""
 
 from __future__ import annotations
 
@@ -324,3 +325,164 @@ def derive_command(target: str, kind: str, out: Path | None, threads: int) -> No
         click.echo(f"edge-spec: {note}", err=True)
     click.echo(f"edge-spec: {derived.line()}", err=True)
     click.echo(derived.path)
+
+
+def _label(ref: str) -> str:
+    """A short name for a model reference in bench tables: a carried name as given, else the file stem."""
+    return Path(ref.rstrip("/").split(":")[0]).name.removesuffix(".gguf") if ref.endswith(".gguf") else ref
+
+
+@main.command("bench")
+@click.option("--target", "target_ref", default=None, help="Target model (default: the embedded default).")
+@click.option(
+    "--draft",
+    "draft_refs",
+    multiple=True,
+    help="Draft: model reference or 'ngram' (repeatable; default ngram).",
+)
+@click.option("--qualifier", "qualifier_ref", default=None, help="Qualifier between drafts and target.")
+@click.option(
+    "--suite", default="all", show_default=True, type=click.Choice(["code", "chat", "rewrite", "all"])
+)
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Prompts per suite (default: all).")
+@click.option("--max-tokens", default=128, show_default=True, help="Most tokens generated per prompt.")
+@click.option("--repeats", default=1, show_default=True, help="Measured passes (tokens/s: the median).")
+@click.option(
+    "--modes",
+    default=None,
+    help="Mode kinds: sd,fsd,hsd,psd-a,psd-f (default: sd,fsd; with a qualifier sd,hsd,psd-a,psd-f).",
+)
+@click.option(
+    "--tau-t", "taus", multiple=True, type=float, help="tau_T of the fuzzy modes (repeatable; 0.5)."
+)
+@click.option(
+    "--tau-q", default=None, type=float, help="PSD_F's draft -> qualifier threshold (default: tau_T)."
+)
+@click.option(
+    "--divergence", default="js", show_default=True, type=click.Choice(["js", "js-sym", "kl", "tv"])
+)
+@click.option(
+    "--lookahead",
+    "lookaheads",
+    multiple=True,
+    help=f"Block length policy (repeatable: every mode runs once per policy; default {DEFAULT_LOOKAHEAD}).",
+)
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed of every generation.")
+@click.option("--ctx", default=4096, show_default=True, help="Context length in tokens.")
+@click.option(
+    "--gpu-layers", default=-1, show_default=True, help="Layers on the GPU (-1 = all when present)."
+)
+@click.option(
+    "--cache-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0", "q4_0", "f32"])
+)
+@click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: auto).")
+@click.option("--threads", default=0, show_default=True, help="CPU threads (0 = every core).")
+@click.option(
+    "--llama-cpp-bin",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="llama.cpp's llama-speculative-simple for the peer row (default: found on PATH).",
+)
+@click.option(
+    "--peer-draft-max",
+    default=None,
+    type=click.IntRange(min=1),
+    help="The peer's --spec-draft-n-max (default: K of the first fixed:K lookahead, else 3).",
+)
+@click.option("--pass-timeout", default=10.0, show_default=True, help="Seconds per HumanEval program.")
+@click.option(
+    "--out",
+    default="edge-spec-bench",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Output prefix: writes PREFIX.json and PREFIX.png.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_clean_errors
+def bench_command(**o: Any) -> None:
+    """Run the target alone and every configured speculative mode on the same prompts, interleaved, in
+    this process; print a markdown table (speed ratio, acceptance, time shares, quality), and write the
+    whole run as JSON and a speed-vs-quality plot."""
+    import datetime
+
+    from edge_spec import bench, report
+    from edge_spec.api import NGRAM, LoadOptions
+    from edge_spec.backend import Tier
+    from edge_spec.models import DEFAULT_MODEL, resolve
+    from edge_spec.peer import find_peer
+
+    cfg = bench.BenchConfig(
+        suites=bench.SUITES if o["suite"] == "all" else (o["suite"],),
+        limit=o["limit"],
+        max_tokens=o["max_tokens"],
+        repeats=o["repeats"],
+        kinds=tuple(k.strip() for k in o["modes"].split(",")) if o["modes"] else None,
+        taus=o["taus"] or bench.BenchConfig.taus,
+        tau_q=o["tau_q"],
+        divergence=o["divergence"],
+        lookaheads=o["lookaheads"] or bench.BenchConfig.lookaheads,
+        temperature=o["temperature"],
+        seed=o["seed"],
+        pass_timeout=o["pass_timeout"],
+    )
+    draft_refs = list(dict.fromkeys(o["draft_refs"] or (NGRAM,)))
+    binary = find_peer(o["llama_cpp_bin"])
+    config = LoadOptions.pick(o).tier_config()
+    loaded: list[Tier] = []
+    try:
+
+        def load(ref: str) -> Tier:
+            loaded.append(Tier(resolve(ref), config))
+            return loaded[-1]
+
+        target = load(o["target_ref"] or DEFAULT_MODEL)
+        drafts = {_label(r): NGRAM if r == NGRAM else load(r) for r in draft_refs}
+        qualifier = (_label(o["qualifier_ref"]), load(o["qualifier_ref"])) if o["qualifier_ref"] else None
+        tiers = bench.Tiers(target, drafts, qualifier)
+        modes = bench.plan_modes(list(drafts), qualifier[0] if qualifier else None, cfg)
+        model_drafts = [label for label, d in drafts.items() if d != NGRAM] + [q[0] for q in [qualifier] if q]
+        peer = None
+        if binary is not None and model_drafts:
+            fixed = [
+                int(la.split(":")[1]) for la in cfg.lookaheads if la.startswith("fixed:") and "," not in la
+            ]
+            draft_max = o["peer_draft_max"] or (fixed[0] if fixed else 3)
+            peer = bench.Peer(binary, model_drafts[0], draft_max)
+        elif binary is None:
+            click.echo("edge-spec: no llama-speculative-simple on PATH: no peer row", err=True)
+        started = datetime.datetime.now().astimezone()
+        rows = bench.run(tiers, modes, cfg, peer, progress=not o["no_progress"])
+        summary = bench.summarize(rows)
+        info = report.machine(target)
+        header = (
+            f"edge-spec bench, {started:%Y-%m-%d %H:%M %Z}: {target.path.name} <- "
+            + ", ".join(str(d.path.name if isinstance(d, Tier) else d) for d in drafts.values())
+            + (f" via {qualifier[1].path.name}" if qualifier else "")
+            + f"; {cfg.max_tokens} tokens, temperature {cfg.temperature}, seed {cfg.seed}; "
+            + report.machine_line(info)
+        )
+        click.echo(header)
+        click.echo()
+        click.echo(report.markdown(summary))
+        document = {
+            "date": started.isoformat(timespec="seconds"),
+            "machine": info,
+            "models": report.models(tiers.models),
+            "settings": dataclasses.asdict(cfg) | {"peer": str(peer.binary) if peer else None},
+            "modes": [dataclasses.asdict(m) for m in modes],
+            "summary": summary,
+            "rows": rows,
+        }
+        json_path, png_path = Path(f"{o['out']}.json"), Path(f"{o['out']}.png")
+        report.write_json(json_path, document)
+        plotted = report.plot(png_path, summary)
+        click.echo(f"edge-spec: wrote {json_path}" + (f" and {png_path}" if plotted else ""), err=True)
+        if not plotted:
+            click.echo("edge-spec: no plot: matplotlib is missing (pip install 'edge-spec[bench]')", err=True)
+    except KeyboardInterrupt:
+        click.echo("edge-spec: bench interrupted; nothing written", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        for t in loaded:
+            t.close()

@@ -147,11 +147,12 @@ class Fixed(_Tally):
     name = "fixed"
     needs_confidence = False
 
-    def __init__(self, k: int = 4) -> None:
+    def __init__(self, k: int = 4, fallback_for: str | None = None) -> None:
         super().__init__()
         if not (isinstance(k, int) and k >= 0):
             raise ConfigError(f"fixed lookahead needs an integer k >= 0, got {k!r}")
         self.k = k  # block length asked for every round (0 = never speculate)
+        self.fallback_for = fallback_for  # the confidence policy this stands in for (see fit_to_proposer)
 
     def next_block(self, limit: int) -> int:
         return self._asked(_clamp(self.k, limit))
@@ -160,7 +161,22 @@ class Fixed(_Tally):
         return True
 
     def summary(self) -> dict[str, object]:
-        return {**super().summary(), "k": self.k}
+        fallback = {"fallback_for": self.fallback_for} if self.fallback_for else {}
+        return {**super().summary(), "k": self.k, **fallback}
+
+
+BLIND_K = 3
+"""Block length of a confidence policy over a proposer without confidences (the best fixed length measured,
+as DEFAULT_LOOKAHEAD)."""
+
+
+def fit_to_proposer(policy: Lookahead, confident: bool) -> Lookahead:
+    """The policy to use over a proposer that does (`confident`) or does not report per-token confidence.
+    pmin, entropy and cumulative stop a block on the drafter's confidence; over an n-gram or a qualifier,
+    which report none, they would always ask for their longest block, so they become Fixed(BLIND_K)."""
+    if policy.needs_confidence and not confident:
+        return Fixed(BLIND_K, fallback_for=policy.name)
+    return policy
 
 
 class Confidence(_Tally):
@@ -339,6 +355,21 @@ class LinearFit:
         return b0, b1
 
 
+class CostModel:
+    """A stage's measured costs: propose(k) = c0 + c1 * k for k > 0 proposed tokens, and verify(n) = v0 +
+    v1 * n for a batch of n. Costs belong to the machine and the models, not to one generation: a pyramid
+    shares one CostModel between the Goodput policies of its successive generations."""
+
+    def __init__(self, window: int = 64) -> None:
+        self.propose = LinearFit(window, flat=False)  # seconds ~ c0 + c1 * proposed, proposed > 0
+        self.verify = LinearFit(window, flat=True)  # seconds ~ v0 + v1 * (proposed + 1)
+
+    @property
+    def ready(self) -> bool:
+        """Whether both curves have data and the verify curve's slope is identified."""
+        return bool(self.propose.xs) and self.verify.identified()
+
+
 class Goodput(_Tally):
     """SmartSpec (Liu et al. 2024) / SpecServe (Huang et al. 2025): choose k in 0..limit maximising
     expected committed tokens per second,
@@ -350,9 +381,10 @@ class Goodput(_Tally):
     propose(k) = c0 + c1 * k and verify(n) = v0 + v1 * n, least squares over the last `window` rounds.
     k = 0 (no speculation) is chosen when drafting costs more than it saves.
 
-    Cold start: the first rounds cycle through `warmup` lengths so the verify fit sees distinct batch
-    lengths. Exploration: every `explore_every` rounds the best k is moved by +-1 so the fit stays
-    identifiable. While k = 0 wins, a probe of `probe_k` tokens is sent after `explore_every` zero rounds,
+    Cold start: while the cost model (shared across a pyramid's generations, see CostModel) is not ready,
+    the first rounds cycle through `warmup` lengths so the verify fit sees distinct batch lengths.
+    Exploration: every `explore_every` rounds the best k is moved by +-1 so the fit stays identifiable.
+    While k = 0 wins, a probe of `probe_k` tokens is sent after `explore_every` zero rounds,
     then after twice as many (up to `max_probe_every`), since the acceptance estimate only moves on
     proposals; a winning k > 0 resets the interval."""
 
@@ -370,6 +402,7 @@ class Goodput(_Tally):
         prior_acceptance: float = 0.6,
         prior_weight: float = 2.0,
         window: int = 64,
+        costs: CostModel | None = None,
     ) -> None:
         super().__init__()
         _check_max_block(max_block)
@@ -383,8 +416,6 @@ class Goodput(_Tally):
             raise ConfigError(f"goodput memory must be in (0, 1], got {memory!r}")
         if not 0.0 <= prior_acceptance <= 1.0 or not prior_weight > 0.0:
             raise ConfigError("goodput prior acceptance must be in [0, 1] and its weight > 0")
-        if not (isinstance(window, int) and window >= 2):
-            raise ConfigError(f"goodput cost window must be an integer >= 2, got {window!r}")
         self.max_block = max_block  # longest block considered
         self.explore_every = explore_every  # every this many rounds try best k +- 1 (and first re-probe)
         self.warmup = warmup  # block lengths of the first rounds, before the cost model has data
@@ -393,17 +424,23 @@ class Goodput(_Tally):
         self.memory = memory  # per-round decay of the acceptance evidence (0.9: about the last 10 rounds)
         self.prior_acceptance = prior_acceptance  # acceptance assumed before any proposal is verified
         self.prior_weight = prior_weight  # pseudo-observations behind that prior
-        self.window = window  # rounds the cost fits look back over
+        self.costs = costs or CostModel(window)  # window: rounds the cost fits look back over
         self.successes = 0.0  # decayed accepted positions
         self.failures = 0.0  # decayed rejected positions
-        self.propose_cost = LinearFit(window, flat=False)  # seconds ~ c0 + c1 * proposed, proposed > 0
-        self.verify_cost = LinearFit(window, flat=True)  # seconds ~ v0 + v1 * (proposed + 1)
         self.decisions = 0  # next_block calls with room to speculate
         self.zero_run = 0  # consecutive rounds where k = 0 won
         self.probe_every = explore_every  # zero rounds before the next probe (doubles while probes fail)
         self.probes = 0  # probes sent while k = 0 won
         self.explorations = 0  # rounds moved off the best k to keep the fit identifiable
         self._step = 1  # direction of the next exploration step
+
+    @property
+    def propose_cost(self) -> LinearFit:
+        return self.costs.propose
+
+    @property
+    def verify_cost(self) -> LinearFit:
+        return self.costs.verify
 
     @property
     def acceptance(self) -> float:
@@ -429,7 +466,7 @@ class Goodput(_Tally):
         if cap == 0:
             return self._asked(0)
         self.decisions += 1
-        if self.decisions <= len(self.warmup) or not self.verify_cost.xs:  # cold start
+        if not self.costs.ready and (self.decisions <= len(self.warmup) or not self.verify_cost.xs):
             return self._asked(min(self.warmup[(self.decisions - 1) % len(self.warmup)], cap))
         best = self.best(cap)
         if best == 0:
@@ -499,9 +536,10 @@ def _number(spec: str, text: str, kind: type) -> float | int:
 
 
 def parse_lookahead(spec: str) -> Callable[[], Lookahead]:
-    """A factory of fresh policies from a CLI string: `fixed:K`, `pmin:P`, `entropy:H`, `cumulative:H`,
-    `goodput`; the threshold policies and goodput take an optional `:MAX` (longest block). A bare name
-    uses the defaults. Raises ConfigError with a one-line message on anything else."""
+    """A factory of fresh policies (one per generation) from a CLI string: `fixed:K`, `pmin:P`,
+    `entropy:H`, `cumulative:H`, `goodput`; the threshold policies and goodput take an optional `:MAX`
+    (longest block). A bare name uses the defaults. Goodput policies from one factory share one CostModel.
+    Raises ConfigError with a one-line message on anything else."""
     name, *args = spec.strip().lower().split(":")
     if name not in _NAMES:
         raise ConfigError(f"unknown lookahead {spec!r}: expected {LOOKAHEAD_HELP}")
@@ -524,4 +562,6 @@ def parse_lookahead(spec: str) -> Callable[[], Lookahead]:
         cls(**kwargs)  # validate now, not at the first generation
     except ConfigError as e:
         raise ConfigError(f"invalid lookahead {spec!r}: {e}") from None
+    if cls is Goodput:
+        kwargs["costs"] = CostModel()  # shared by every policy this factory makes
     return lambda: cls(**kwargs)

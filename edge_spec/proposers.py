@@ -25,6 +25,7 @@ class Proposer(Protocol):
     """Anything that can extend a token sequence by up to n tokens."""
 
     name: str
+    confident: bool  # whether propose reports per-token confidence (asks policy.keep_drafting)
 
     def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
         """Up to `n` tokens continuing `seq` (fewer, even none, when it has nothing good to offer).
@@ -37,6 +38,7 @@ class NgramProposer:
     propose the tokens that followed it. Free to run; strong on code edits, rewrites and quoting."""
 
     name = "ngram"
+    confident = False
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
         self.max_ngram = max_ngram  # longest suffix searched for
@@ -55,6 +57,8 @@ class NgramProposer:
 
 class ModelDrafter:
     """A model tier proposing autoregressively, one decode per token, greedy or sampled."""
+
+    confident = True
 
     def __init__(self, tier: Tier, sampling: SamplingConfig, rng: np.random.Generator | None = None) -> None:
         self.tier = tier

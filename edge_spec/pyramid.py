@@ -19,7 +19,7 @@ from edge_spec import acceptance
 from edge_spec.acceptance import Verdict
 from edge_spec.backend import Tier
 from edge_spec.errors import ConfigError
-from edge_spec.lookahead import DEFAULT_LOOKAHEAD, Lookahead, RoundReport, parse_lookahead
+from edge_spec.lookahead import DEFAULT_LOOKAHEAD, Lookahead, RoundReport, fit_to_proposer, parse_lookahead
 from edge_spec.proposers import Block, Proposer
 from edge_spec.sampling import SamplingConfig, warp
 from edge_spec.stats import StageStats
@@ -53,6 +53,8 @@ class StageConfig:
 class Verifier:
     """A model tier verifying the proposer below it; itself a proposer for the tier above."""
 
+    confident = False  # its blocks carry no per-token confidence
+
     def __init__(
         self,
         tier: Tier,
@@ -61,11 +63,14 @@ class Verifier:
         sampling: SamplingConfig,
         rng: np.random.Generator,
         keep_logits: bool = False,
+        policy: Lookahead | None = None,
     ) -> None:
         self.tier, self.below, self.stage, self.sampling, self.rng = tier, below, stage, sampling, rng
         self.name = tier.path.name
         self.keep_logits = keep_logits  # hand our logits rows up: the stage above needs them
-        self.policy = parse_lookahead(stage.lookahead)()  # fresh state per generation
+        # fresh state per generation; policy: one made by the caller (e.g. sharing a goodput cost model)
+        policy = policy or parse_lookahead(stage.lookahead)()
+        self.policy = fit_to_proposer(policy, below is not None and below.confident)
         self.stats = StageStats(self.name, below.name) if below is not None else None
 
     def round(self, seq: list[int], limit: int) -> Block:

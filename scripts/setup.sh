@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up edge-spec in .venv: llama-cpp-python compiled for this machine, then edge-spec and its dev tools.
+# Set up edge-spec in .venv: llama-cpp-python compiled for this machine, then edge-spec with its dev and bench tools.
 #   CUDA when nvcc is on PATH and nvidia-smi sees a GPU; on CPUs with AMX, a build without AMX kernels (llama.cpp's AMX weight buffer
 #   dies with SIGILL in VMs) that keeps every other ISA extension the CPU has, so weight repacking stays on.
 #   CMAKE_ARGS in the environment overrides the choice.
@@ -24,4 +24,4 @@ python3 -m venv .venv
 args=${CMAKE_ARGS-$(cmake_args)}
 echo "setup: building llama-cpp-python with CMAKE_ARGS='$args' (several minutes)" >&2
 CMAKE_ARGS="$args" .venv/bin/pip install --no-cache-dir 'llama-cpp-python>=0.3.36,<0.4'
-.venv/bin/pip install -e '.[dev]'
+.venv/bin/pip install -e '.[dev,bench]'

@@ -11,8 +11,10 @@ import pytest
 
 from edge_spec.errors import ConfigError
 from edge_spec.lookahead import (
+    BLIND_K,
     DEFAULT_LOOKAHEAD,
     Confidence,
+    CostModel,
     Cumulative,
     Entropy,
     Fixed,
@@ -20,6 +22,7 @@ from edge_spec.lookahead import (
     LinearFit,
     Lookahead,
     RoundReport,
+    fit_to_proposer,
     parse_lookahead,
 )
 
@@ -244,6 +247,43 @@ def test_goodput_cold_start_varies_lengths() -> None:
     assert [policy.next_block(16) for _ in range(3)] == [4, 2, 6]  # no observations yet: keeps warming up
     policy = Goodput()
     assert policy.next_block(3) == 3
+
+
+def test_goodput_costs_persist_across_generations_of_one_factory() -> None:
+    """The cost curve is the machine's: the next generation starts from it, without a warm-up, while its
+    acceptance estimate starts over from the prior."""
+    factory = parse_lookahead("goodput")
+    first = factory()
+    simulate(first, 40, alpha=0.9, propose=(0.0, 0.01), verify=(0.05, 0.002))
+    second = factory()
+    assert second.costs is first.costs and second.costs.ready
+    assert second.acceptance == pytest.approx(second.prior_acceptance)
+    assert second.next_block(16) == second.best(16)  # no warm-up length: straight to the best k
+    assert parse_lookahead("goodput")().costs is not first.costs  # another pyramid measures anew
+
+
+def test_goodput_cost_model_alone_is_not_ready_until_identified() -> None:
+    costs = CostModel()
+    costs.verify.add(3, 0.1)
+    costs.propose.add(2, 0.02)
+    assert not costs.ready  # one batch length: the verify slope is unknown
+    costs.verify.add(5, 0.12)
+    assert costs.ready
+
+
+@pytest.mark.parametrize("make", [Confidence, Entropy, Cumulative])
+def test_confidence_policies_fall_back_to_fixed_without_confidences(make: Callable[[], Lookahead]) -> None:
+    blind = fit_to_proposer(make(), confident=False)
+    assert isinstance(blind, Fixed) and blind.next_block(16) == BLIND_K
+    assert blind.summary()["fallback_for"] == make().name
+    informed = make()
+    assert fit_to_proposer(informed, confident=True) is informed
+
+
+@pytest.mark.parametrize("make", [Fixed, Goodput])
+def test_other_policies_ignore_confidence(make: Callable[[], Lookahead]) -> None:
+    policy = make()
+    assert fit_to_proposer(policy, confident=False) is policy
 
 
 def test_goodput_chooses_zero_when_drafting_does_not_pay() -> None:

@@ -1,0 +1,368 @@
+"""`edge-spec bench`: what speculation buys on this machine, with quality next to speed (DESIGN section 6).
+
+One process runs the target alone and every configured mode over the same prompts, interleaved: each
+prompt goes through every mode before the next prompt, after one short warm-up generation per mode. Seeds
+are fixed, only generated tokens count, and every tier's KV cache is cleared before each generation, so
+prefill is measured in full and no mode inherits another's cache.
+
+Mode kinds (the literature's names):
+    SD      2 tiers, exact acceptance (greedy match / lossless sampling)
+    FSD     2 tiers, fuzzy at the target (tau_T)
+    HSD     3 tiers, exact at both stages (hierarchical SD: lossless)
+    PSD_A   3 tiers, exact draft -> qualifier, fuzzy at the target
+    PSD_F   3 tiers, fuzzy at both stages (tau_Q, tau_T)
+2-tier kinds run for every draft and for the qualifier under the target; 3-tier kinds for every draft
+under the qualifier. Each runs once per lookahead policy given. Fuzzy stages over an n-gram proposer are
+left out: without a distribution there is no divergence, so they equal the exact ones.
+
+Quality, per generation: agreement with the target alone's output (tokens equal before the first
+divergence, and position by position); with greedy decoding, the share of tokens on the target's greedy
+path (within GREEDY_PATH_TOLERANCE logits of its argmax, teacher-forced in one pass: 100% for a correct
+lossless mode, where agreement can still part at near-ties); on the code suite, HumanEval pass@1.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge_spec.api import NGRAM, Pyramid
+from edge_spec.backend import Tier
+from edge_spec.errors import ConfigError
+from edge_spec.lookahead import DEFAULT_LOOKAHEAD, parse_lookahead
+from edge_spec.peer import PeerRun, run_peer
+from edge_spec.pyramid import StageConfig
+from edge_spec.sandbox import pass_at_1
+from edge_spec.suites import SUITES, BenchPrompt, load_suite
+
+MODE_KINDS = ("sd", "fsd", "hsd", "psd-a", "psd-f")
+TARGET_ALONE = "target alone"
+GREEDY_PATH_TOLERANCE = 0.3  # logits; DESIGN section 3: near-ties flip between batched and single decodes
+WARMUP_PROMPT = "Say hello."
+WARMUP_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. Defaults: every suite, 128 tokens, greedy, one fuzzy threshold."""
+
+    suites: tuple[str, ...] = SUITES
+    limit: int | None = None  # prompts per suite (None = all)
+    max_tokens: int = 128  # most tokens generated per prompt
+    repeats: int = 1  # measured passes over the prompts; tokens/s is the median over passes
+    kinds: tuple[str, ...] | None = None  # MODE_KINDS to run; None = sd,fsd (2 tiers) / sd,hsd,psd-a,psd-f
+    taus: tuple[float, ...] = (0.5,)  # tau_T of every fuzzy mode (PyramidSD's published setting)
+    tau_q: float | None = None  # PSD_F's draft -> qualifier threshold; None = tau_T (tau_Q <= tau_T)
+    divergence: str = "js"  # fuzzy divergence (acceptance.DIVERGENCES)
+    lookaheads: tuple[str, ...] = (DEFAULT_LOOKAHEAD,)  # each mode runs once per policy; "a,b" per stage
+    temperature: float = 0.0  # 0 = greedy
+    seed: int = 0
+    pass_timeout: float = 10.0  # seconds per HumanEval program
+
+    def __post_init__(self) -> None:
+        unknown = set(self.suites) - set(SUITES)
+        if unknown or not self.suites:
+            raise ConfigError(f"suites must be among {', '.join(SUITES)}, got {', '.join(self.suites)}")
+        bad = set(self.kinds or ()) - set(MODE_KINDS)
+        if bad:
+            raise ConfigError(f"mode kinds must be among {', '.join(MODE_KINDS)}, got {', '.join(bad)}")
+        if self.max_tokens < 1 or self.repeats < 1 or (self.limit is not None and self.limit < 1):
+            raise ConfigError("max tokens, repeats and limit must be at least 1")
+        for spec in self.lookaheads:
+            for part in spec.split(","):
+                parse_lookahead(part)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One configuration measured: which tiers, and how each stage verifies."""
+
+    name: str
+    kind: str  # "target", one of MODE_KINDS, or "peer"
+    draft: str | None = None  # label of the bottom proposer (a draft model or "ngram"); None: target alone
+    qualifier: bool = False
+    stages: tuple[StageConfig, ...] = (StageConfig(),)
+
+    @property
+    def fuzzy(self) -> bool:
+        return any(s.accept == "fuzzy" for s in self.stages)
+
+
+@dataclass
+class Tiers:
+    """The loaded models by label: the target, an optional qualifier, and the proposers below them (draft
+    models, or "ngram" for prompt lookup)."""
+
+    target: Tier
+    drafts: dict[str, Tier | str]
+    qualifier: tuple[str, Tier] | None = None
+    _pyramids: dict[str, Pyramid] = field(default_factory=dict)
+
+    @property
+    def bos_text(self) -> str:
+        """The target's BOS token as text ("" without one)."""
+        t = self.target
+        return t.piece(t.bos, special=True).decode("utf-8", "replace") if t.adds_bos else ""
+
+    @property
+    def proposers(self) -> dict[str, Tier | str]:
+        """What can sit under the target in a 2-tier mode, by label: the drafts and the qualifier."""
+        return {**self.drafts, **dict([self.qualifier] if self.qualifier else [])}
+
+    @property
+    def models(self) -> dict[str, Tier]:
+        """Every loaded model by label, target first."""
+        found = {"target": self.target, **dict([self.qualifier] if self.qualifier else []), **self.drafts}
+        return {label: t for label, t in found.items() if isinstance(t, Tier)}
+
+    def pyramid(self, mode: Mode) -> Pyramid:
+        """The mode's tiers assembled, once per mode: like a long-lived app, a mode keeps its pyramid (and
+        a goodput policy's measured costs) from the warm-up on."""
+        if mode.name not in self._pyramids:
+            self._pyramids[mode.name] = self._assemble(mode)
+        return self._pyramids[mode.name]
+
+    def _assemble(self, mode: Mode) -> Pyramid:
+        draft = None if mode.draft is None else self.proposers[mode.draft]
+        qualifier = self.qualifier[1] if mode.qualifier and self.qualifier else None
+        return Pyramid(self.target, qualifier, draft, mode.stages)
+
+
+def plan_modes(drafts: Sequence[str], qualifier: str | None, cfg: BenchConfig) -> list[Mode]:
+    """The target alone, then every configured kind x proposer x lookahead x threshold. `drafts` are the
+    draft labels, `qualifier` the qualifier's label (None without one)."""
+    kinds = cfg.kinds or (("sd", "hsd", "psd-a", "psd-f") if qualifier else ("sd", "fsd"))
+    modes = [Mode(TARGET_ALONE, "target")]
+
+    def stage(tau: float, lookahead: str) -> StageConfig:
+        return StageConfig("fuzzy" if tau > 0 else "exact", tau, cfg.divergence, lookahead=lookahead)
+
+    for look in cfg.lookaheads:
+        per_stage = [s.strip() for s in look.split(",")]
+        bottom, top = per_stage[0], per_stage[-1]  # 2-tier modes use the target stage's policy
+        for p in [*drafts, *([qualifier] if qualifier else [])]:
+            if "sd" in kinds:
+                modes.append(Mode(f"SD {p} {look}", "sd", p, False, (stage(0, top),)))
+            if "fsd" in kinds and p != NGRAM:  # no distribution: fuzzy = exact over an n-gram
+                modes += [
+                    Mode(f"FSD {p} tau={t} {look}", "fsd", p, False, (stage(t, top),)) for t in cfg.taus
+                ]
+        for p in drafts if qualifier else ():
+            via = f"{p}>{qualifier}"
+            if "hsd" in kinds:
+                modes.append(Mode(f"HSD {via} {look}", "hsd", p, True, (stage(0, bottom), stage(0, top))))
+            for t in cfg.taus if "psd-a" in kinds else ():
+                name = f"PSD_A {via} tau_T={t} {look}"
+                modes.append(Mode(name, "psd-a", p, True, (stage(0, bottom), stage(t, top))))
+            for t in cfg.taus if "psd-f" in kinds and p != NGRAM else ():
+                tq = t if cfg.tau_q is None else cfg.tau_q
+                name = f"PSD_F {via} tau_Q={tq} tau_T={t} {look}"
+                modes.append(Mode(name, "psd-f", p, True, (stage(tq, bottom), stage(t, top))))
+    return modes
+
+
+@dataclass(frozen=True)
+class Peer:
+    """llama.cpp's llama-speculative-simple on the same prompts and models: a row of its own."""
+
+    binary: Path
+    draft: str  # label of the draft model it runs with
+    draft_max: int  # its --draft-max
+
+    @property
+    def name(self) -> str:
+        return f"llama.cpp speculative-simple {self.draft} draft-max={self.draft_max}"
+
+
+def agreement(ours: Sequence[int], ref: Sequence[int]) -> tuple[float, float]:
+    """(tokens equal before the first divergence, tokens equal position by position) / len(ref)."""
+    if not ref:
+        return 1.0, 1.0
+    pairs = list(zip(ours, ref, strict=False))
+    prefix = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
+    return prefix / len(ref), sum(a == b for a, b in pairs) / len(ref)
+
+
+def greedy_path_share(target: Tier, prompt_ids: list[int], output: Sequence[int]) -> float:
+    """Share of generated tokens within GREEDY_PATH_TOLERANCE of the target's argmax, teacher-forced in
+    one pass over prompt + output."""
+    if not output:
+        return 1.0
+    target.reset()
+    rows = target.score([*prompt_ids, *output], len(output) + 1)[:-1]
+    deficit = rows.max(axis=1) - rows[np.arange(len(output)), list(output)]
+    return float((deficit < GREEDY_PATH_TOLERANCE).mean())
+
+
+def _generate(tiers: Tiers, mode: Mode, prompt: BenchPrompt, cfg: BenchConfig, max_tokens: int) -> dict:
+    pyr = tiers.pyramid(mode)
+    for tier in pyr.models:
+        tier.reset()
+    result = pyr.generate(
+        prompt.text,
+        raw=prompt.raw,
+        stop=prompt.stop,
+        max_tokens=max_tokens,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+    )
+    return {"text": result.text, "token_ids": result.token_ids, **result.stats.summary()}
+
+
+def _peer_row(peer: Peer, tiers: Tiers, prompt: BenchPrompt, cfg: BenchConfig) -> dict:
+    pyr = tiers.pyramid(Mode(TARGET_ALONE, "target"))
+    draft = tiers.proposers[peer.draft]
+    assert isinstance(draft, Tier)
+    run: PeerRun = run_peer(
+        peer.binary,
+        tiers.target.path,
+        draft.path,
+        pyr.prompt_text(prompt.text, prompt.raw).removeprefix(tiers.bos_text),  # the binary adds BOS
+        max_tokens=cfg.max_tokens,
+        draft_max=peer.draft_max,
+        n_ctx=tiers.target.n_ctx,
+        threads=tiers.target.n_threads,
+        seed=cfg.seed,
+    )
+    text = _cut_at_stop(run.text, prompt.stop)
+    return {
+        "text": text,
+        "token_ids": tiers.target.tokenize(text, add_bos=False, special=False) if text else [],
+        "generated_tokens": run.generated_tokens,
+        "prefill_seconds": run.prefill_seconds,
+        "decode_seconds": run.decode_seconds,
+        "tokens_per_second": run.tokens_per_second,
+        "stages": [
+            {"proposer": peer.draft, "verifier": "target", "proposed": run.drafted, "accepted": run.accepted}
+        ],
+    }
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return text[: min(hits)] if hits else text
+
+
+def run(
+    tiers: Tiers, modes: Sequence[Mode], cfg: BenchConfig, peer: Peer | None = None, progress: bool = True
+) -> list[dict]:
+    """Measure every mode (and the peer) on every prompt of the configured suites: one row per prompt and
+    mode, with timings, per-stage counts and quality. `progress` shows a bar on stderr."""
+    prompts = [p for s in cfg.suites for p in load_suite(s, cfg.limit)]
+    names = [m.name for m in modes] + ([peer.name] if peer else [])
+    if len(set(names)) != len(names):
+        raise ConfigError("two modes share a name: give each draft and lookahead once")
+    encode = tiers.pyramid(modes[0]).encode
+    for p in prompts:
+        if len(encode(p.text, p.raw)) + cfg.max_tokens > tiers.target.n_ctx:
+            raise ConfigError(
+                f"{p.id}: {len(encode(p.text, p.raw))} prompt tokens + {cfg.max_tokens} generated do not fit "
+                f"the {tiers.target.n_ctx}-token context; raise --ctx or lower --max-tokens"
+            )
+    for mode in modes:
+        _generate(tiers, mode, BenchPrompt("warm-up", "chat", WARMUP_PROMPT, False), cfg, WARMUP_TOKENS)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    with tqdm(
+        total=cfg.repeats * len(prompts) * len(names), unit="gen", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        for _ in range(cfg.repeats):
+            for prompt in prompts:
+                for mode in [*modes, *([peer] if peer else [])]:
+                    bar.set_postfix_str(f"{prompt.id} | {mode.name}", refresh=True)
+                    if isinstance(mode, Peer):
+                        measured = _peer_row(mode, tiers, prompt, cfg)
+                    else:
+                        measured = _generate(tiers, mode, prompt, cfg, cfg.max_tokens)
+                    runs.setdefault((prompt.id, mode.name), []).append(measured)
+                    bar.update()
+    rows = []
+    kinds = {m.name: m.kind for m in modes} | ({peer.name: "peer"} if peer else {})
+    for prompt in prompts:
+        reference = runs[(prompt.id, TARGET_ALONE)][0]["token_ids"]
+        prompt_ids = encode(prompt.text, prompt.raw)
+        for name in names:
+            first = runs[(prompt.id, name)][0]
+            row = {"prompt": prompt.id, "suite": prompt.suite, "mode": name, "kind": kinds[name], **first}
+            row["tokens_per_second"] = statistics.median(
+                r["tokens_per_second"] for r in runs[(prompt.id, name)]
+            )
+            row["prefix_agreement"], row["token_agreement"] = agreement(first["token_ids"], reference)
+            row["greedy_path"] = (
+                greedy_path_share(tiers.target, prompt_ids, first["token_ids"])
+                if cfg.temperature == 0 and kinds[name] not in ("target", "peer")
+                else None
+            )
+            outcome = pass_at_1(prompt, first["text"], cfg.pass_timeout) if prompt.test else None
+            row["passed"] = outcome.passed if outcome else None
+            row["pass_status"] = outcome.status if outcome else None
+            rows.append(row)
+    return rows
+
+
+def _pooled(rows: list[dict], key: str) -> list[float | None]:
+    """Per stage: sum of `key` over rows (e.g. accepted) / sum of proposed (or of speculating rounds)."""
+    n_stages = len(rows[0]["stages"])
+    out: list[float | None] = []
+    for j in range(n_stages):
+        stages = [r["stages"][j] for r in rows]
+        num = sum(s["accepted"] for s in stages)
+        if key == "acceptance":
+            den = sum(s["proposed"] for s in stages)
+        else:
+            den = sum(s.get("rounds", 0) - s.get("skipped", 0) for s in stages)
+        out.append(num / den if den else None)
+    return out
+
+
+def _mean(values: Iterator[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.mean(present) if present else None
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per mode and suite (and "all" when several suites ran), in the rows' mode order: median tokens/s
+    and its ratio to the target alone on the same prompt (median, min, max over prompts), median prefill
+    seconds, acceptance and mean accepted length per stage (pooled over prompts; the length counts accepted
+    proposed tokens per round that proposed any, without the verifier's own token), time share per tier
+    and outside llama_decode (pooled), and quality: agreement and greedy-path share (mean over prompts),
+    pass@1 (share of code prompts passing)."""
+    base = {(r["prompt"]): r["tokens_per_second"] for r in rows if r["kind"] == "target"}
+    suites = list(dict.fromkeys(r["suite"] for r in rows))
+    out = []
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        for suite in [*suites, *(["all"] if len(suites) > 1 else [])]:
+            sel = [r for r in rows if r["mode"] == mode and suite in (r["suite"], "all")]
+            ratios = [r["tokens_per_second"] / base[r["prompt"]] for r in sel if base[r["prompt"]] > 0]
+            decode = sum(r["decode_seconds"] for r in sel)
+            tiers: dict[str, float] = {}
+            for r in sel:
+                for t, sec in r.get("tier_seconds", {}).items():
+                    tiers[t] = tiers.get(t, 0.0) + sec
+            passes = [r["passed"] for r in sel if r["passed"] is not None]
+            out.append(
+                {
+                    "mode": mode,
+                    "kind": sel[0]["kind"],
+                    "suite": suite,
+                    "prompts": len(sel),
+                    "tokens_per_second": statistics.median(r["tokens_per_second"] for r in sel),
+                    "ratio": statistics.median(ratios) if ratios else None,
+                    "ratio_min": min(ratios, default=None),
+                    "ratio_max": max(ratios, default=None),
+                    "prefill_seconds": statistics.median(r["prefill_seconds"] for r in sel),
+                    "acceptance": _pooled(sel, "acceptance"),
+                    "mean_accepted_length": _pooled(sel, "length"),
+                    "tier_share": {t: s / decode for t, s in tiers.items()} if decode and tiers else {},
+                    "python_overhead_share": 1 - sum(tiers.values()) / decode if decode and tiers else None,
+                    "prefix_agreement": _mean(r["prefix_agreement"] for r in sel),
+                    "token_agreement": _mean(r["token_agreement"] for r in sel),
+                    "greedy_path": _mean(r["greedy_path"] for r in sel),
+                    "pass_at_1": statistics.mean(passes) if passes else None,
+                }
+            )
+    return out

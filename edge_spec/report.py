@@ -1,0 +1,150 @@
+"""The benchmark's outputs: a markdown table for people at a terminal, a JSON document for machines and
+a PNG plot of speed ratio against quality per mode (matplotlib, the `bench` extra)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_spec.backend import Tier, build_info
+from edge_spec.models import file_sha256
+
+COLUMNS = (
+    "mode",
+    "suite",
+    "tok/s",
+    "ratio (min-max)",
+    "prefill s",
+    "acceptance",
+    "accepted length",
+    "time: tiers / python",
+    "greedy path",
+    "agreement prefix / tokens",
+    "pass@1",
+)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _per_stage(values: Sequence[float | None], fmt: str) -> str:
+    shown = ["-" if v is None else format(v, fmt) for v in values]
+    return ", ".join(shown) if any(v is not None for v in values) else "-"
+
+
+def markdown(summary: list[dict[str, Any]]) -> str:
+    """The summary as a markdown table: one row per mode and suite."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for s in summary:
+        speculative = s["kind"] != "target"
+        ratio = "-" if s["ratio"] is None else f"{s['ratio']:.2f} ({s['ratio_min']:.2f}-{s['ratio_max']:.2f})"
+        shares = ", ".join(f"{t} {v:.0%}" for t, v in s["tier_share"].items())
+        time = f"{shares} / {_pct(s['python_overhead_share'])}" if shares else "-"
+        cells = [
+            s["mode"],
+            s["suite"],
+            f"{s['tokens_per_second']:.1f}",
+            ratio,
+            f"{s['prefill_seconds']:.2f}",
+            _per_stage(s["acceptance"], ".0%") if speculative else "-",
+            _per_stage(s["mean_accepted_length"], ".2f") if speculative else "-",
+            time,
+            _pct(s["greedy_path"]),
+            f"{_pct(s['prefix_agreement'])} / {_pct(s['token_agreement'])}",
+            _pct(s["pass_at_1"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(target: Tier) -> dict[str, Any]:
+    """Where the numbers come from: OS, CPU, cores, threads, device and the llama.cpp build."""
+    return {
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": target.n_threads,
+        "device": target.device,
+        "python": platform.python_version(),
+        **build_info(),
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """One line naming the machine, for the top of the table."""
+    return (
+        f"{info['cpu']}, {info['cores']} cores ({info['threads']} threads), {info['device']}; "
+        f"llama-cpp-python {info['llama_cpp_python']}"
+    )
+
+
+def models(tiers: dict[str, Tier]) -> dict[str, dict[str, Any]]:
+    """Each model by label: file, size, SHA-256 and llama.cpp's description."""
+    return {
+        label: {
+            "path": str(t.path),
+            "bytes": t.path.stat().st_size,
+            "sha256": file_sha256(t.path),
+            "description": t.description,
+        }
+        for label, t in tiers.items()
+    }
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """The whole run (machine, models, settings, summary, per-prompt rows) as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1) + "\n")
+
+
+def plot(path: Path, summary: list[dict[str, Any]]) -> bool:
+    """Speed ratio (y) against quality (x) per mode, over all suites: one panel against agreement with the
+    target's own output, and one against HumanEval pass@1 when the code suite ran. False when matplotlib
+    is missing (install `edge-spec[bench]`)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    suites = {s["suite"] for s in summary}
+    rows = [s for s in summary if s["suite"] == ("all" if "all" in suites else s["suite"])]
+    panels = [("token_agreement", "tokens equal to the target alone's output")]
+    if any(s["pass_at_1"] is not None for s in rows):
+        panels.append(("pass_at_1", "HumanEval pass@1"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for s in rows:
+            if s[key] is None or s["ratio"] is None:
+                continue
+            ax.scatter(s[key], s["ratio"], marker="s" if s["kind"] == "peer" else "o")
+            ax.annotate(
+                s["mode"], (s[key], s["ratio"]), fontsize=7, xytext=(4, 3), textcoords="offset points"
+            )
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(label)
+        ax.set_ylabel("decode speed / target alone (median)")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+    fig.suptitle("edge-spec bench: speed vs quality")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
