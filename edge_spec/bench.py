@@ -32,9 +32,10 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_spec.api import NGRAM, Pyramid
-from edge_spec.backend import Tier
+from edge_spec.backend import Tier, TierConfig
 from edge_spec.errors import ConfigError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, parse_lookahead
+from edge_spec.models import resolve
 from edge_spec.peer import PeerRun, run_peer
 from edge_spec.pyramid import StageConfig
 from edge_spec.sandbox import pass_at_1
@@ -120,6 +121,32 @@ class Tiers:
         found = {"target": self.target, **dict([self.qualifier] if self.qualifier else []), **self.drafts}
         return {label: t for label, t in found.items() if isinstance(t, Tier)}
 
+    @classmethod
+    def load(
+        cls, target: str, drafts: Sequence[str], qualifier: str | None, config: TierConfig | None = None
+    ) -> Tiers:
+        """Load the models a bench compares (references as `edge_spec.models.resolve` takes them; a draft
+        may be "ngram"), labelled by `model_label`; on any error, what was loaded is freed."""
+        loaded: list[Tier] = []
+
+        def load(ref: str) -> Tier:
+            loaded.append(Tier(resolve(ref), config))
+            return loaded[-1]
+
+        try:
+            below = {model_label(r): NGRAM if r == NGRAM else load(r) for r in dict.fromkeys(drafts)}
+            middle = (model_label(qualifier), load(qualifier)) if qualifier else None
+            return cls(load(target), below, middle)
+        except BaseException:
+            for t in loaded:
+                t.close()
+            raise
+
+    def close(self) -> None:
+        """Free every model."""
+        for t in self.models.values():
+            t.close()
+
     def pyramid(self, mode: Mode) -> Pyramid:
         """The mode's tiers assembled, once per mode: like a long-lived app, a mode keeps its pyramid (and
         a goodput policy's measured costs) from the warm-up on."""
@@ -131,6 +158,11 @@ class Tiers:
         draft = None if mode.draft is None else self.proposers[mode.draft]
         qualifier = self.qualifier[1] if mode.qualifier and self.qualifier else None
         return Pyramid(self.target, qualifier, draft, mode.stages)
+
+
+def model_label(ref: str) -> str:
+    """A short name for a model reference in tables: a carried or preset name as given, a file's stem."""
+    return Path(ref).name.removesuffix(".gguf") if ref.endswith(".gguf") else ref
 
 
 def plan_modes(drafts: Sequence[str], qualifier: str | None, cfg: BenchConfig) -> list[Mode]:
@@ -179,6 +211,20 @@ class Peer:
         return f"llama.cpp speculative-simple {self.draft} draft-max={self.draft_max}"
 
 
+PEER_DRAFT_MAX = 3  # llama-speculative-simple's own default --spec-draft-n-max
+
+
+def choose_peer(binary: Path | None, tiers: Tiers, cfg: BenchConfig, draft_max: int | None) -> Peer | None:
+    """The peer row, when there is a binary and a draft model for it: the first draft model (else the
+    qualifier), drafting `draft_max` tokens (default: K of the first fixed:K lookahead, else
+    PEER_DRAFT_MAX)."""
+    models = [label for label, d in tiers.proposers.items() if isinstance(d, Tier)]
+    if binary is None or not models:
+        return None
+    fixed = [int(la.split(":")[1]) for la in cfg.lookaheads if la.startswith("fixed:") and "," not in la]
+    return Peer(binary, models[0], draft_max or (fixed[0] if fixed else PEER_DRAFT_MAX))
+
+
 def agreement(ours: Sequence[int], ref: Sequence[int]) -> tuple[float, float]:
     """(tokens equal before the first divergence, tokens equal position by position) / len(ref)."""
     if not ref:
@@ -190,10 +236,9 @@ def agreement(ours: Sequence[int], ref: Sequence[int]) -> tuple[float, float]:
 
 def greedy_path_share(target: Tier, prompt_ids: list[int], output: Sequence[int]) -> float:
     """Share of generated tokens within GREEDY_PATH_TOLERANCE of the target's argmax, teacher-forced in
-    one pass over prompt + output."""
+    one pass over prompt + output (the prompt's cache is reused from the previous call on it)."""
     if not output:
         return 1.0
-    target.reset()
     rows = target.score([*prompt_ids, *output], len(output) + 1)[:-1]
     deficit = rows.max(axis=1) - rows[np.arange(len(output)), list(output)]
     return float((deficit < GREEDY_PATH_TOLERANCE).mean())
@@ -211,7 +256,10 @@ def _generate(tiers: Tiers, mode: Mode, prompt: BenchPrompt, cfg: BenchConfig, m
         temperature=cfg.temperature,
         seed=cfg.seed,
     )
-    return {"text": result.text, "token_ids": result.token_ids, **result.stats.summary()}
+    summary = result.stats.summary()
+    labels = {t.path.name: label for label, t in tiers.models.items()}
+    summary["tier_seconds"] = {labels.get(k, k): v for k, v in summary["tier_seconds"].items()}
+    return {"text": result.text, "token_ids": result.token_ids, **summary}
 
 
 def _peer_row(peer: Peer, tiers: Tiers, prompt: BenchPrompt, cfg: BenchConfig) -> dict:
@@ -254,54 +302,60 @@ def run(
     """Measure every mode (and the peer) on every prompt of the configured suites: one row per prompt and
     mode, with timings, per-stage counts and quality. `progress` shows a bar on stderr."""
     prompts = [p for s in cfg.suites for p in load_suite(s, cfg.limit)]
-    names = [m.name for m in modes] + ([peer.name] if peer else [])
-    if len(set(names)) != len(names):
+    measured: list[Mode | Peer] = [*modes, *([peer] if peer else [])]
+    if len({m.name for m in measured}) != len(measured):
         raise ConfigError("two modes share a name: give each draft and lookahead once")
     encode = tiers.pyramid(modes[0]).encode
     for p in prompts:
-        if len(encode(p.text, p.raw)) + cfg.max_tokens > tiers.target.n_ctx:
+        if (n := len(encode(p.text, p.raw))) + cfg.max_tokens > tiers.target.n_ctx:
             raise ConfigError(
-                f"{p.id}: {len(encode(p.text, p.raw))} prompt tokens + {cfg.max_tokens} generated do not fit "
-                f"the {tiers.target.n_ctx}-token context; raise --ctx or lower --max-tokens"
+                f"{p.id}: {n} prompt tokens + {cfg.max_tokens} generated do not fit the "
+                f"{tiers.target.n_ctx}-token context; raise --ctx or lower --max-tokens"
             )
     for mode in modes:
         _generate(tiers, mode, BenchPrompt("warm-up", "chat", WARMUP_PROMPT, False), cfg, WARMUP_TOKENS)
     runs: dict[tuple[str, str], list[dict]] = {}
-    with tqdm(
-        total=cfg.repeats * len(prompts) * len(names), unit="gen", disable=not progress, dynamic_ncols=True
-    ) as bar:
+    total = cfg.repeats * len(prompts) * len(measured)
+    with tqdm(total=total, desc="generate", unit="gen", disable=not progress, dynamic_ncols=True) as bar:
         for _ in range(cfg.repeats):
             for prompt in prompts:
-                for mode in [*modes, *([peer] if peer else [])]:
-                    bar.set_postfix_str(f"{prompt.id} | {mode.name}", refresh=True)
-                    if isinstance(mode, Peer):
-                        measured = _peer_row(mode, tiers, prompt, cfg)
-                    else:
-                        measured = _generate(tiers, mode, prompt, cfg, cfg.max_tokens)
-                    runs.setdefault((prompt.id, mode.name), []).append(measured)
+                for m in measured:
+                    bar.set_postfix_str(f"{prompt.id} | {m.name}", refresh=True)
+                    out = (
+                        _peer_row(m, tiers, prompt, cfg)
+                        if isinstance(m, Peer)
+                        else _generate(tiers, m, prompt, cfg, cfg.max_tokens)
+                    )
+                    runs.setdefault((prompt.id, m.name), []).append(out)
                     bar.update()
-    rows = []
-    kinds = {m.name: m.kind for m in modes} | ({peer.name: "peer"} if peer else {})
-    for prompt in prompts:
-        reference = runs[(prompt.id, TARGET_ALONE)][0]["token_ids"]
-        prompt_ids = encode(prompt.text, prompt.raw)
-        for name in names:
-            first = runs[(prompt.id, name)][0]
-            row = {"prompt": prompt.id, "suite": prompt.suite, "mode": name, "kind": kinds[name], **first}
-            row["tokens_per_second"] = statistics.median(
-                r["tokens_per_second"] for r in runs[(prompt.id, name)]
-            )
-            row["prefix_agreement"], row["token_agreement"] = agreement(first["token_ids"], reference)
-            row["greedy_path"] = (
-                greedy_path_share(tiers.target, prompt_ids, first["token_ids"])
-                if cfg.temperature == 0 and kinds[name] not in ("target", "peer")
-                else None
-            )
-            outcome = pass_at_1(prompt, first["text"], cfg.pass_timeout) if prompt.test else None
-            row["passed"] = outcome.passed if outcome else None
-            row["pass_status"] = outcome.status if outcome else None
-            rows.append(row)
-    return rows
+    pairs = [(prompt, m) for prompt in prompts for m in measured]
+    with tqdm(pairs, desc="quality", unit="row", disable=not progress, dynamic_ncols=True) as scoring:
+        return [_scored(tiers, prompt, m, runs[(prompt.id, m.name)], runs, cfg) for prompt, m in scoring]
+
+
+def _scored(
+    tiers: Tiers,
+    prompt: BenchPrompt,
+    mode: Mode | Peer,
+    repeats: list[dict],
+    runs: dict[tuple[str, str], list[dict]],
+    cfg: BenchConfig,
+) -> dict:
+    """One prompt's row for one mode: its first run, tokens/s as the median over repeats, and quality."""
+    first = repeats[0]
+    kind = "peer" if isinstance(mode, Peer) else mode.kind
+    row = {"prompt": prompt.id, "suite": prompt.suite, "mode": mode.name, "kind": kind, **first}
+    row["tokens_per_second"] = statistics.median(r["tokens_per_second"] for r in repeats)
+    reference = runs[(prompt.id, TARGET_ALONE)][0]["token_ids"]
+    row["prefix_agreement"], row["token_agreement"] = agreement(first["token_ids"], reference)
+    row["greedy_path"] = None
+    if cfg.temperature == 0 and kind not in ("target", "peer"):
+        prompt_ids = tiers.pyramid(Mode(TARGET_ALONE, "target")).encode(prompt.text, prompt.raw)
+        row["greedy_path"] = greedy_path_share(tiers.target, prompt_ids, first["token_ids"])
+    outcome = pass_at_1(prompt, first["text"], cfg.pass_timeout) if prompt.test else None
+    row["passed"] = outcome.passed if outcome else None
+    row["pass_status"] = outcome.status if outcome else None
+    return row
 
 
 def _pooled(rows: list[dict], key: str) -> list[float | None]:

@@ -67,6 +67,26 @@ def _generate_options(o: dict[str, Any]) -> dict[str, Any]:
     return {name: o[name] for name in GENERATE_OPTIONS}
 
 
+_TIER_OPTIONS = [
+    click.option("--ctx", default=4096, show_default=True, help="Context length in tokens."),
+    click.option("--batch", default=512, show_default=True, help="Most tokens per llama_decode call."),
+    click.option(
+        "--gpu-layers", default=-1, show_default=True, help="Layers on the GPU (-1 = all when present)."
+    ),
+    click.option(
+        "--cache-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0", "q4_0", "f32"])
+    ),
+    click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: auto)."),
+]
+
+
+def _tier_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """How every tier loads (--ctx, --batch, --gpu-layers, --cache-type, --flash-attn): run, batch, bench."""
+    for option in reversed(_TIER_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.argument("prompt")
 @click.option(
@@ -87,15 +107,7 @@ def _generate_options(o: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option("--seed", default=None, type=int, help="Seed for sampling (default: random).")
 @click.option("--stop", multiple=True, help="Stop when this text appears (repeatable).")
-@click.option("--ctx", default=4096, show_default=True, help="Context length in tokens.")
-@click.option("--batch", default=512, show_default=True, help="Most tokens per llama_decode call.")
-@click.option(
-    "--gpu-layers", default=-1, show_default=True, help="Layers on the GPU (-1 = all when present)."
-)
-@click.option(
-    "--cache-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0", "q4_0", "f32"])
-)
-@click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: auto).")
+@_tier_options
 @click.option(
     "--accept", default="exact", show_default=True, help="exact | fuzzy, or one per stage: exact,fuzzy."
 )
@@ -140,6 +152,7 @@ def run(prompt: str, **o: Any) -> None:
                     click.echo(piece, nl=False)
                     sys.stdout.flush()
         except KeyboardInterrupt:
+            pieces.close()  # Ctrl-C may land while a piece is printed: end the generation to get its stats
             click.echo()
             if pyr.last_result is not None:
                 click.echo(f"edge-spec: interrupted; {pyr.last_result.stats.line()}", err=True)
@@ -327,11 +340,6 @@ def derive_command(target: str, kind: str, out: Path | None, threads: int) -> No
     click.echo(derived.path)
 
 
-def _label(ref: str) -> str:
-    """A short name for a model reference in bench tables: a carried name as given, else the file stem."""
-    return Path(ref.rstrip("/").split(":")[0]).name.removesuffix(".gguf") if ref.endswith(".gguf") else ref
-
-
 @main.command("bench")
 @click.option("--target", "target_ref", default=None, help="Target model (default: the embedded default).")
 @click.option(
@@ -369,14 +377,7 @@ def _label(ref: str) -> str:
 )
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed of every generation.")
-@click.option("--ctx", default=4096, show_default=True, help="Context length in tokens.")
-@click.option(
-    "--gpu-layers", default=-1, show_default=True, help="Layers on the GPU (-1 = all when present)."
-)
-@click.option(
-    "--cache-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0", "q4_0", "f32"])
-)
-@click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: auto).")
+@_tier_options
 @click.option("--threads", default=0, show_default=True, help="CPU threads (0 = every core).")
 @click.option(
     "--llama-cpp-bin",
@@ -408,8 +409,7 @@ def bench_command(**o: Any) -> None:
 
     from edge_spec import bench, report
     from edge_spec.api import NGRAM, LoadOptions
-    from edge_spec.backend import Tier
-    from edge_spec.models import DEFAULT_MODEL, resolve
+    from edge_spec.models import DEFAULT_MODEL
     from edge_spec.peer import find_peer
 
     cfg = bench.BenchConfig(
@@ -426,56 +426,25 @@ def bench_command(**o: Any) -> None:
         seed=o["seed"],
         pass_timeout=o["pass_timeout"],
     )
-    draft_refs = list(dict.fromkeys(o["draft_refs"] or (NGRAM,)))
     binary = find_peer(o["llama_cpp_bin"])
     config = LoadOptions.pick(o).tier_config()
-    loaded: list[Tier] = []
+    tiers = bench.Tiers.load(
+        o["target_ref"] or DEFAULT_MODEL, o["draft_refs"] or (NGRAM,), o["qualifier_ref"], config
+    )
     try:
-
-        def load(ref: str) -> Tier:
-            loaded.append(Tier(resolve(ref), config))
-            return loaded[-1]
-
-        target = load(o["target_ref"] or DEFAULT_MODEL)
-        drafts = {_label(r): NGRAM if r == NGRAM else load(r) for r in draft_refs}
-        qualifier = (_label(o["qualifier_ref"]), load(o["qualifier_ref"])) if o["qualifier_ref"] else None
-        tiers = bench.Tiers(target, drafts, qualifier)
-        modes = bench.plan_modes(list(drafts), qualifier[0] if qualifier else None, cfg)
-        model_drafts = [label for label, d in drafts.items() if d != NGRAM] + [q[0] for q in [qualifier] if q]
-        peer = None
-        if binary is not None and model_drafts:
-            fixed = [
-                int(la.split(":")[1]) for la in cfg.lookaheads if la.startswith("fixed:") and "," not in la
-            ]
-            draft_max = o["peer_draft_max"] or (fixed[0] if fixed else 3)
-            peer = bench.Peer(binary, model_drafts[0], draft_max)
-        elif binary is None:
+        qualifier = tiers.qualifier[0] if tiers.qualifier else None
+        modes = bench.plan_modes(list(tiers.drafts), qualifier, cfg)
+        peer = bench.choose_peer(binary, tiers, cfg, o["peer_draft_max"])
+        if binary is None:
             click.echo("edge-spec: no llama-speculative-simple on PATH: no peer row", err=True)
         started = datetime.datetime.now().astimezone()
         rows = bench.run(tiers, modes, cfg, peer, progress=not o["no_progress"])
         summary = bench.summarize(rows)
-        info = report.machine(target)
-        header = (
-            f"edge-spec bench, {started:%Y-%m-%d %H:%M %Z}: {target.path.name} <- "
-            + ", ".join(str(d.path.name if isinstance(d, Tier) else d) for d in drafts.values())
-            + (f" via {qualifier[1].path.name}" if qualifier else "")
-            + f"; {cfg.max_tokens} tokens, temperature {cfg.temperature}, seed {cfg.seed}; "
-            + report.machine_line(info)
-        )
-        click.echo(header)
-        click.echo()
+        info = report.machine(tiers.target)
+        click.echo(report.header(started, tiers, cfg, info) + "\n")
         click.echo(report.markdown(summary))
-        document = {
-            "date": started.isoformat(timespec="seconds"),
-            "machine": info,
-            "models": report.models(tiers.models),
-            "settings": dataclasses.asdict(cfg) | {"peer": str(peer.binary) if peer else None},
-            "modes": [dataclasses.asdict(m) for m in modes],
-            "summary": summary,
-            "rows": rows,
-        }
         json_path, png_path = Path(f"{o['out']}.json"), Path(f"{o['out']}.png")
-        report.write_json(json_path, document)
+        report.write_json(json_path, report.document(started, info, tiers, cfg, modes, peer, summary, rows))
         plotted = report.plot(png_path, summary)
         click.echo(f"edge-spec: wrote {json_path}" + (f" and {png_path}" if plotted else ""), err=True)
         if not plotted:
@@ -484,5 +453,4 @@ def bench_command(**o: Any) -> None:
         click.echo("edge-spec: bench interrupted; nothing written", err=True)
         sys.exit(EXIT_INTERRUPTED)
     finally:
-        for t in loaded:
-            t.close()
+        tiers.close()

@@ -357,12 +357,15 @@ class LinearFit:
 
 class CostModel:
     """A stage's measured costs: propose(k) = c0 + c1 * k for k > 0 proposed tokens, and verify(n) = v0 +
-    v1 * n for a batch of n. Costs belong to the machine and the models, not to one generation: a pyramid
-    shares one CostModel between the Goodput policies of its successive generations."""
+    v1 * n for a batch of n; and the acceptance estimate the last generation ended with. Both belong to the
+    machine and the pair of models more than to one generation: a pyramid shares one CostModel between the
+    Goodput policies of its successive generations, which start from those costs (no warm-up) and take
+    that acceptance as their prior."""
 
     def __init__(self, window: int = 64) -> None:
         self.propose = LinearFit(window, flat=False)  # seconds ~ c0 + c1 * proposed, proposed > 0
         self.verify = LinearFit(window, flat=True)  # seconds ~ v0 + v1 * (proposed + 1)
+        self.acceptance: float | None = None  # the latest generation's estimate; None before any
 
     @property
     def ready(self) -> bool:
@@ -425,6 +428,8 @@ class Goodput(_Tally):
         self.prior_acceptance = prior_acceptance  # acceptance assumed before any proposal is verified
         self.prior_weight = prior_weight  # pseudo-observations behind that prior
         self.costs = costs or CostModel(window)  # window: rounds the cost fits look back over
+        if self.costs.acceptance is not None:  # an earlier generation of this pyramid measured it
+            self.prior_acceptance = self.costs.acceptance
         self.successes = 0.0  # decayed accepted positions
         self.failures = 0.0  # decayed rejected positions
         self.decisions = 0  # next_block calls with room to speculate
@@ -496,6 +501,7 @@ class Goodput(_Tally):
         if report.proposed > 0:
             self.successes = self.memory * self.successes + report.accepted
             self.failures = self.memory * self.failures + (report.accepted < report.proposed)
+            self.costs.acceptance = self.acceptance
             self.propose_cost.add(report.proposed, report.propose_seconds)
         self.verify_cost.add(report.proposed + 1, report.verify_seconds)
 

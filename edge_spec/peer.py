@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
-from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edge_spec.errors import ConfigError, EdgeSpecError, ModelError
+from edge_spec.sandbox import kill_group
 
 PEER_BINARY = "llama-speculative-simple"
 TAIL_LINES = 15
@@ -114,14 +113,6 @@ def generated_text(stdout: str, prompt: str) -> str:
     return text[: -len(_STDOUT_END)] if text.endswith(_STDOUT_END) else text
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if hasattr(os, "killpg"):
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    else:  # pragma: no cover - Windows
-        proc.kill()
-
-
 def run_peer(
     binary: Path,
     target: Path,
@@ -186,7 +177,7 @@ def run_peer(
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             out, err = proc.communicate()
             raise EdgeSpecError(
                 f"{PEER_BINARY} gave no result within {timeout:g} s; last lines:\n{_output_tail(out, err)}"

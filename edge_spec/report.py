@@ -3,6 +3,8 @@ a PNG plot of speed ratio against quality per mode (matplotlib, the `bench` extr
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import os
 import platform
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_spec.backend import Tier, build_info
+from edge_spec.bench import BenchConfig, Mode, Peer, Tiers
 from edge_spec.models import file_sha256
 
 COLUMNS = (
@@ -103,6 +106,43 @@ def models(tiers: dict[str, Tier]) -> dict[str, dict[str, Any]]:
             "description": t.description,
         }
         for label, t in tiers.items()
+    }
+
+
+def header(started: datetime.datetime, tiers: Tiers, cfg: BenchConfig, info: dict[str, Any]) -> str:
+    """The line above the table: when, which models, which settings, which machine."""
+    below = ", ".join(d.path.name if isinstance(d, Tier) else d for d in tiers.drafts.values())
+    via = f" via {tiers.qualifier[1].path.name}" if tiers.qualifier else ""
+    return (
+        f"edge-spec bench, {started:%Y-%m-%d %H:%M %Z}: {tiers.target.path.name} <- {below}{via}; "
+        f"{cfg.max_tokens} tokens, temperature {cfg.temperature}, seed {cfg.seed}; {machine_line(info)}"
+    )
+
+
+def document(
+    started: datetime.datetime,
+    info: dict[str, Any],
+    tiers: Tiers,
+    cfg: BenchConfig,
+    modes: Sequence[Mode],
+    peer: Peer | None,
+    summary: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The whole run for the JSON file."""
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": info,
+        "models": models(tiers.models),
+        "settings": dataclasses.asdict(cfg) | {"peer": str(peer.binary) if peer else None},
+        "modes": [dataclasses.asdict(m) for m in modes]
+        + (
+            [{"name": peer.name, "kind": "peer", "draft": peer.draft, "draft_max": peer.draft_max}]
+            if peer
+            else []
+        ),
+        "summary": summary,
+        "rows": rows,
     }
 
 

@@ -72,8 +72,9 @@ def _tail(text: str) -> str:
     return text if len(text) <= DETAIL_CHARS else "..." + text[3 - DETAIL_CHARS :]
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the program and anything it started (they share its new session's process group)."""
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a process started with start_new_session=True and everything it started (its process group),
+    then reap it."""
     if hasattr(os, "killpg"):
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -114,7 +115,7 @@ def run_python(program: str, timeout: float = 10.0) -> Outcome:
         except subprocess.TimeoutExpired:
             return Outcome(False, "timeout", f"no exit within {timeout:g} s")
         finally:
-            _kill_group(proc)
+            kill_group(proc)
         stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 4 * DETAIL_CHARS))
         err = _tail(stderr.read().decode("utf-8", "replace"))
     if code == 0:

@@ -250,14 +250,16 @@ def test_goodput_cold_start_varies_lengths() -> None:
 
 
 def test_goodput_costs_persist_across_generations_of_one_factory() -> None:
-    """The cost curve is the machine's: the next generation starts from it, without a warm-up, while its
-    acceptance estimate starts over from the prior."""
+    """The cost curve is the machine's: the next generation starts from it, without a warm-up, and from
+    the acceptance the last one ended with as its prior."""
     factory = parse_lookahead("goodput")
     first = factory()
     simulate(first, 40, alpha=0.9, propose=(0.0, 0.01), verify=(0.05, 0.002))
     second = factory()
     assert second.costs is first.costs and second.costs.ready
-    assert second.acceptance == pytest.approx(second.prior_acceptance)
+    assert second.acceptance == pytest.approx(first.acceptance)  # its prior: where the last one ended
+    assert first.acceptance > 0.8  # learnt from alpha = 0.9, not the default prior (0.6)
+    assert second.successes == second.failures == 0  # its own evidence starts over
     assert second.next_block(16) == second.best(16)  # no warm-up length: straight to the best k
     assert parse_lookahead("goodput")().costs is not first.costs  # another pyramid measures anew
 

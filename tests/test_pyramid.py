@@ -277,3 +277,15 @@ def test_no_policy_can_exceed_the_context(tiny_target: Path, tiny_same: Path, po
             out = pyr.generate(PROMPT, max_tokens=max_tokens, raw=True)
             assert len(out.token_ids) == min(max_tokens, 40 - len(pyr.encode(PROMPT, raw=True)))
             assert all(t.n_past <= 40 for t in pyr.models)
+
+
+def test_goodput_costs_carry_over_to_the_next_generation_of_a_pyramid(tiers: dict[str, Tier]) -> None:
+    """The second generation starts from the costs the first measured (no warm-up), not from scratch."""
+    pyr = _pyramid(tiers, "noisy", None, [StageConfig(lookahead="goodput")])
+    first = pyr.generate(PROMPT, max_tokens=24, raw=True).stats.stages[0].lookahead
+    second = pyr.generate(PROMPT, max_tokens=24, raw=True).stats.stages[0].lookahead
+    assert first["verify_cost"]["rounds"] == first["rounds"]  # a fresh pyramid measures from its first round
+    assert second["verify_cost"]["rounds"] == first["rounds"] + second["rounds"]
+    fresh = _pyramid(tiers, "noisy", None, [StageConfig(lookahead="goodput")])
+    anew = fresh.generate(PROMPT, max_tokens=24, raw=True).stats.stages[0].lookahead
+    assert anew["verify_cost"]["rounds"] == anew["rounds"]  # another pyramid: its own measurements
