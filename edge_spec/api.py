@@ -236,8 +236,8 @@ class Pyramid:
         if raw:
             tokens = t.tokenize(text, add_bos=True, special=False)
         else:
-            bos_text = t.piece(t.bos, special=True).decode()
-            tokens = t.tokenize(text, add_bos=not (bos_text and text.startswith(bos_text)), special=True)
+            has_bos = bool(t.bos_text) and text.startswith(t.bos_text)
+            tokens = t.tokenize(text, add_bos=not has_bos, special=True)
         if not tokens:
             raise ConfigError("the prompt is empty")
         return tokens
@@ -250,8 +250,7 @@ class Pyramid:
                 raise ConfigError("a raw prompt must be a string")
             return prompt
         t = self.target
-        bos_text, eos_text = t.piece(t.bos, special=True).decode(), t.piece(t.eos, special=True).decode()
-        return render(t.chat_template, as_messages(prompt), bos_text, eos_text)
+        return render(t.chat_template, as_messages(prompt), t.bos_text, t.eos_text)
 
     def _top(self, sampling: SamplingConfig) -> Verifier:
         """Assemble the stages for one generation (fresh stats, one shared seeded RNG)."""

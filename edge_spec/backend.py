@@ -371,6 +371,16 @@ class Tier:
         return raw.decode("utf-8", "replace") if raw else None
 
     @cached_property
+    def bos_text(self) -> str:
+        """The BOS token as text, as chat templates write it."""
+        return self.piece(self.bos, special=True).decode("utf-8", "replace")
+
+    @cached_property
+    def eos_text(self) -> str:
+        """The EOS token as text, as chat templates write it."""
+        return self.piece(self.eos, special=True).decode("utf-8", "replace")
+
+    @cached_property
     def description(self) -> str:
         buf = ctypes.create_string_buffer(256)
         lc.llama_model_desc(self._model, buf, len(buf))

@@ -40,6 +40,7 @@ from edge_spec.peer import PeerRun, run_peer
 from edge_spec.pyramid import StageConfig
 from edge_spec.sandbox import pass_at_1
 from edge_spec.suites import SUITES, BenchPrompt, load_suite
+from edge_spec.text import TextAssembler
 
 MODE_KINDS = ("sd", "fsd", "hsd", "psd-a", "psd-f")
 TARGET_ALONE = "target alone"
@@ -89,10 +90,6 @@ class Mode:
     qualifier: bool = False
     stages: tuple[StageConfig, ...] = (StageConfig(),)
 
-    @property
-    def fuzzy(self) -> bool:
-        return any(s.accept == "fuzzy" for s in self.stages)
-
 
 @dataclass
 class Tiers:
@@ -103,12 +100,6 @@ class Tiers:
     drafts: dict[str, Tier | str]
     qualifier: tuple[str, Tier] | None = None
     _pyramids: dict[str, Pyramid] = field(default_factory=dict)
-
-    @property
-    def bos_text(self) -> str:
-        """The target's BOS token as text ("" without one)."""
-        t = self.target
-        return t.piece(t.bos, special=True).decode("utf-8", "replace") if t.adds_bos else ""
 
     @property
     def proposers(self) -> dict[str, Tier | str]:
@@ -264,20 +255,23 @@ def _generate(tiers: Tiers, mode: Mode, prompt: BenchPrompt, cfg: BenchConfig, m
 
 def _peer_row(peer: Peer, tiers: Tiers, prompt: BenchPrompt, cfg: BenchConfig) -> dict:
     pyr = tiers.pyramid(Mode(TARGET_ALONE, "target"))
+    bos = tiers.target.bos_text if tiers.target.adds_bos else ""  # the binary adds BOS itself
     draft = tiers.proposers[peer.draft]
     assert isinstance(draft, Tier)
     run: PeerRun = run_peer(
         peer.binary,
         tiers.target.path,
         draft.path,
-        pyr.prompt_text(prompt.text, prompt.raw).removeprefix(tiers.bos_text),  # the binary adds BOS
+        pyr.prompt_text(prompt.text, prompt.raw).removeprefix(bos),
         max_tokens=cfg.max_tokens,
         draft_max=peer.draft_max,
         n_ctx=tiers.target.n_ctx,
         threads=tiers.target.n_threads,
         seed=cfg.seed,
     )
-    text = _cut_at_stop(run.text, prompt.stop)
+    cut = TextAssembler(prompt.stop)  # the binary knows no stop strings
+    cut.feed(run.text.encode())
+    text = cut.text
     return {
         "text": text,
         "token_ids": tiers.target.tokenize(text, add_bos=False, special=False) if text else [],
@@ -291,11 +285,6 @@ def _peer_row(peer: Peer, tiers: Tiers, prompt: BenchPrompt, cfg: BenchConfig) -
     }
 
 
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return text[: min(hits)] if hits else text
-
-
 def run(
     tiers: Tiers, modes: Sequence[Mode], cfg: BenchConfig, peer: Peer | None = None, progress: bool = True
 ) -> list[dict]:
@@ -305,9 +294,10 @@ def run(
     measured: list[Mode | Peer] = [*modes, *([peer] if peer else [])]
     if len({m.name for m in measured}) != len(measured):
         raise ConfigError("two modes share a name: give each draft and lookahead once")
-    encode = tiers.pyramid(modes[0]).encode
+    encode = tiers.pyramid(Mode(TARGET_ALONE, "target")).encode
+    prompt_ids = {p.id: encode(p.text, p.raw) for p in prompts}
     for p in prompts:
-        if (n := len(encode(p.text, p.raw))) + cfg.max_tokens > tiers.target.n_ctx:
+        if (n := len(prompt_ids[p.id])) + cfg.max_tokens > tiers.target.n_ctx:
             raise ConfigError(
                 f"{p.id}: {n} prompt tokens + {cfg.max_tokens} generated do not fit the "
                 f"{tiers.target.n_ctx}-token context; raise --ctx or lower --max-tokens"
@@ -330,18 +320,19 @@ def run(
                     bar.update()
     pairs = [(prompt, m) for prompt in prompts for m in measured]
     with tqdm(pairs, desc="quality", unit="row", disable=not progress, dynamic_ncols=True) as scoring:
-        return [_scored(tiers, prompt, m, runs[(prompt.id, m.name)], runs, cfg) for prompt, m in scoring]
+        return [_scored(tiers, prompt, prompt_ids[prompt.id], m, runs, cfg) for prompt, m in scoring]
 
 
 def _scored(
     tiers: Tiers,
     prompt: BenchPrompt,
+    prompt_ids: list[int],
     mode: Mode | Peer,
-    repeats: list[dict],
     runs: dict[tuple[str, str], list[dict]],
     cfg: BenchConfig,
 ) -> dict:
     """One prompt's row for one mode: its first run, tokens/s as the median over repeats, and quality."""
+    repeats = runs[(prompt.id, mode.name)]
     first = repeats[0]
     kind = "peer" if isinstance(mode, Peer) else mode.kind
     row = {"prompt": prompt.id, "suite": prompt.suite, "mode": mode.name, "kind": kind, **first}
@@ -350,7 +341,6 @@ def _scored(
     row["prefix_agreement"], row["token_agreement"] = agreement(first["token_ids"], reference)
     row["greedy_path"] = None
     if cfg.temperature == 0 and kind not in ("target", "peer"):
-        prompt_ids = tiers.pyramid(Mode(TARGET_ALONE, "target")).encode(prompt.text, prompt.raw)
         row["greedy_path"] = greedy_path_share(tiers.target, prompt_ids, first["token_ids"])
     outcome = pass_at_1(prompt, first["text"], cfg.pass_timeout) if prompt.test else None
     row["passed"] = outcome.passed if outcome else None

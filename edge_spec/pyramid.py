@@ -62,14 +62,13 @@ class Verifier:
         stage: StageConfig,
         sampling: SamplingConfig,
         rng: np.random.Generator,
-        keep_logits: bool = False,
-        policy: Lookahead | None = None,
+        keep_logits: bool,
+        policy: Lookahead,
     ) -> None:
         self.tier, self.below, self.stage, self.sampling, self.rng = tier, below, stage, sampling, rng
         self.name = tier.path.name
         self.keep_logits = keep_logits  # hand our logits rows up: the stage above needs them
-        # fresh state per generation; policy: one made by the caller (e.g. sharing a goodput cost model)
-        policy = policy or parse_lookahead(stage.lookahead)()
+        # a fresh policy per generation, from the pyramid's factory (which shares goodput's cost model)
         self.policy = fit_to_proposer(policy, below is not None and below.confident)
         self.stats = StageStats(self.name, below.name) if below is not None else None
 

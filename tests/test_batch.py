@@ -231,6 +231,16 @@ def test_sigkill_at_random_moments_then_resume(
     assert _essence(_records(out)) == _essence(_records(clean))
 
 
+def _resume_to_clean(
+    env: dict[str, str], args: list[str], clean: Path, inputs: Path, out: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run the batch again on a partial `out`: it succeeds and `out` then equals an uninterrupted run's."""
+    proc = batch(env, inputs, out, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert _essence(_records(out)) == _essence(_records(clean))
+    return proc
+
+
 def test_ctrl_c_exits_130_and_resumes(
     env: dict[str, str], args: list[str], clean: Path, inputs: Path, tmp_path: Path
 ) -> None:
@@ -245,9 +255,7 @@ def test_ctrl_c_exits_130_and_resumes(
     assert "Traceback" not in err
     assert err.splitlines()[-1] == "edge-spec: interrupted; run the same command again to resume"
     assert 0 < len(_records(out)) < N_LINES
-    proc = batch(env, inputs, out, *args)
-    assert proc.returncode == 0, proc.stderr
-    assert _essence(_records(out)) == _essence(_records(clean))
+    _resume_to_clean(env, args, clean, inputs, out)
 
 
 def test_a_torn_last_line_is_cut_and_redone(
@@ -257,9 +265,7 @@ def test_a_torn_last_line_is_cut_and_redone(
     cut = data.index(b"\n", len(data) // 2) + 1
     out = tmp_path / "out.jsonl"
     out.write_bytes(data[: cut + 25])  # the middle record, then the start of the next one
-    proc = batch(env, inputs, out, *args)
-    assert proc.returncode == 0, proc.stderr
-    assert _essence(_records(out)) == _essence(_records(clean))
+    _resume_to_clean(env, args, clean, inputs, out)
 
 
 def test_deleted_records_are_redone_in_place(
@@ -268,10 +274,8 @@ def test_deleted_records_are_redone_in_place(
     lines = clean.read_text().splitlines(keepends=True)
     out = tmp_path / "out.jsonl"
     out.write_text("".join(lines[:5] + lines[6:20] + lines[21:]))  # as when retrying failed lines
-    proc = batch(env, inputs, out, *args)
-    assert proc.returncode == 0, proc.stderr
+    proc = _resume_to_clean(env, args, clean, inputs, out)
     assert "38 already done" in proc.stderr
-    assert _essence(_records(out)) == _essence(_records(clean))
 
 
 # ---- bad lines -------------------------------------------------------------------------------------------

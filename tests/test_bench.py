@@ -28,7 +28,9 @@ def test_two_tier_default_modes_per_draft_and_lookahead() -> None:
     assert len(modes) == 1 + 2 * (2 + 2)  # lookaheads x (SD per draft + two FSD over the model draft)
     assert not any(m.kind == "fsd" and m.draft == "ngram" for m in modes)  # fuzzy over one-hot = exact
     fsd = next(m for m in modes if m.name == "FSD 0.5b tau=0.5 goodput")
-    assert fsd.fuzzy and fsd.stages[0].tau == 0.5 and fsd.stages[0].lookahead == "goodput"
+    assert (
+        fsd.stages[0].accept == "fuzzy" and fsd.stages[0].tau == 0.5 and fsd.stages[0].lookahead == "goodput"
+    )
     assert not any(m.qualifier for m in modes)
 
 
