@@ -260,6 +260,10 @@ class Tier:
         rows.flags.writeable = False
         return rows
 
+    def missing(self, sequence: list[int]) -> int:
+        """Tokens of `sequence` beyond the prefix the KV cache shares with it (what `score` would decode)."""
+        return len(sequence) - _common_prefix(self.cached, sequence)
+
     def score(self, sequence: list[int], n_logits: int = 1) -> np.ndarray:
         """Logits after each of the last `n_logits` tokens of `sequence`, reusing the cached prefix it shares
         with the KV cache and rolling back the rest. Returns a view as `decode` does."""

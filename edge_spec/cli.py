@@ -356,6 +356,16 @@ def derive_command(target: str, kind: str, out: Path | None, threads: int) -> No
 @click.option("--max-tokens", default=128, show_default=True, help="Most tokens generated per prompt.")
 @click.option("--repeats", default=1, show_default=True, help="Measured passes (tokens/s: the median).")
 @click.option(
+    "--max-steal",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Rerun a generation while the hypervisor stole more than this share of the CPU (1 = never).",
+)
+@click.option(
+    "--retries", default=3, show_default=True, type=click.IntRange(min=0), help="Most reruns per generation."
+)
+@click.option(
     "--modes",
     default=None,
     help="Mode kinds: sd,fsd,hsd,psd-a,psd-f (default: sd,fsd; with a qualifier sd,hsd,psd-a,psd-f).",
@@ -417,6 +427,8 @@ def bench_command(**o: Any) -> None:
         limit=o["limit"],
         max_tokens=o["max_tokens"],
         repeats=o["repeats"],
+        max_steal=o["max_steal"],
+        retries=o["retries"],
         kinds=tuple(k.strip() for k in o["modes"].split(",")) if o["modes"] else None,
         taus=o["taus"] or bench.BenchConfig.taus,
         tau_q=o["tau_q"],

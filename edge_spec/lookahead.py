@@ -29,7 +29,6 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from edge_spec.acceptance import expected_tokens
 from edge_spec.errors import ConfigError
 
 # The best block length measured for Qwen2.5-Coder 0.5B -> 1.5B on a 2-core CPU (bench/README.md: k=3
@@ -311,11 +310,14 @@ class Cumulative(_Tally):
 
 
 class LinearFit:
-    """A cost curve: least squares y ~ b0 + b1 * x over the last `window` observations, both coefficients
-    >= 0, overridden by the measured median at any x seen at least twice.
+    """A cost curve: y ~ b0 + b1 * x fitted over the last `window` observations, both coefficients >= 0,
+    overridden by the measured median at any x seen at least twice.
 
-    With a single distinct x the slope is not identifiable: `flat` decides the fallback (True: b1 = 0,
-    b0 = mean y, a cost independent of length; False: b0 = 0, b1 = mean(y / x), a cost per item)."""
+    The line is a least-squares fit through the median y at each distinct x, weighted by how often that x
+    was seen: a few rounds slowed by something else on the machine (CPU steal, a page fault storm) move a
+    median little, where they would tilt a plain least-squares line. With a single distinct x the slope is
+    not identifiable: `flat` decides the fallback (True: b1 = 0, b0 = the median, a cost independent of
+    length; False: b0 = 0, b1 = median / x, a cost per item)."""
 
     def __init__(self, window: int, flat: bool) -> None:
         self.xs: deque[float] = deque(maxlen=window)
@@ -340,18 +342,21 @@ class LinearFit:
         return self.coef[0] + self.coef[1] * x
 
     def _fit(self) -> tuple[float, float]:
-        x, y = np.asarray(self.xs), np.asarray(self.ys)
-        if not self.identified():
+        xs, ys = np.asarray(self.xs), np.asarray(self.ys)
+        x = np.unique(xs)
+        y = np.array([np.median(ys[xs == v]) for v in x])  # [distinct x] median cost at each
+        w = np.array([(xs == v).sum() for v in x], dtype=float)
+        if len(x) == 1:
             if self.flat or x[0] == 0:
-                return float(y.mean()), 0.0
-            return 0.0, float(y.mean() / x[0])
-        xm, ym = x.mean(), y.mean()
-        b1 = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
+                return float(y[0]), 0.0
+            return 0.0, float(y[0] / x[0])
+        xm, ym = np.average(x, weights=w), np.average(y, weights=w)
+        b1 = float((w * (x - xm) * (y - ym)).sum() / (w * (x - xm) ** 2).sum())
         b0 = float(ym - b1 * xm)
         if b1 < 0.0:  # noise on a flat curve: the best non-negative fit is flat
             return float(ym), 0.0
         if b0 < 0.0:  # through the origin
-            return 0.0, float((x * y).sum() / (x * x).sum())
+            return 0.0, float((w * x * y).sum() / (w * x * x).sum())
         return b0, b1
 
 
@@ -377,16 +382,22 @@ class Goodput(_Tally):
     """SmartSpec (Liu et al. 2024) / SpecServe (Huang et al. 2025): choose k in 0..limit maximising
     expected committed tokens per second,
 
-        rate(k) = (1 - a^(k+1)) / (1 - a)  /  (propose(k) + verify(k + 1)),   propose(0) = 0,
+        rate(k) = (1 + a_1 + a_1 a_2 + ... + a_1 ... a_k)  /  (propose(k) + verify(k + 1)),
 
-    with a the per-token acceptance (exponentially weighted successes / (successes + failures) under the
-    geometric model, with a prior) and a cost model measured online from the rounds' wall times:
-    propose(k) = c0 + c1 * k and verify(n) = v0 + v1 * n, least squares over the last `window` rounds.
-    k = 0 (no speculation) is chosen when drafting costs more than it saves.
+    propose(0) = 0, with a_i the chance that the i-th drafted token is accepted given the ones before it
+    were, and a cost model measured online from the rounds' wall times: propose(k) = c0 + c1 * k and
+    verify(n) = v0 + v1 * n (`LinearFit`) over the last `window` rounds. k = 0 (no speculation) is chosen
+    when drafting costs more than it saves.
+
+    Acceptance: exponentially weighted counts (`memory` per round) of positions reached and accepted.
+    Their pooled ratio, shrunk to a prior, is the geometric model's one per-token rate a (Leviathan et al.
+    2023); each position's own ratio is shrunk to that a, so the estimates learn where acceptance is not
+    geometric: an n-gram's first token is the risk, and the tokens after a correct one mostly follow.
 
     Cold start: while the cost model (shared across a pyramid's generations, see CostModel) is not ready,
     the first rounds cycle through `warmup` lengths so the verify fit sees distinct batch lengths.
-    Exploration: every `explore_every` rounds the best k is moved by +-1 so the fit stays identifiable.
+    Exploration: every `explore_every` rounds the best k is moved by +-1 so the fit stays identifiable; k
+    never goes more than one past the longest block verified so far (`reach`).
     While k = 0 wins, a probe of `probe_k` tokens is sent after `explore_every` zero rounds,
     then after twice as many (up to `max_probe_every`), since the acceptance estimate only moves on
     proposals; a winning k > 0 resets the interval."""
@@ -430,8 +441,8 @@ class Goodput(_Tally):
         self.costs = costs or CostModel(window)  # window: rounds the cost fits look back over
         if self.costs.acceptance is not None:  # an earlier generation of this pyramid measured it
             self.prior_acceptance = self.costs.acceptance
-        self.successes = 0.0  # decayed accepted positions
-        self.failures = 0.0  # decayed rejected positions
+        self.hits = np.zeros(max_block)  # [max_block] decayed accepted counts by position
+        self.trials = np.zeros(max_block)  # [max_block] decayed reached counts by position
         self.decisions = 0  # next_block calls with room to speculate
         self.zero_run = 0  # consecutive rounds where k = 0 won
         self.probe_every = explore_every  # zero rounds before the next probe (doubles while probes fail)
@@ -449,9 +460,17 @@ class Goodput(_Tally):
 
     @property
     def acceptance(self) -> float:
-        """Current per-token acceptance estimate."""
-        num = self.successes + self.prior_weight * self.prior_acceptance
-        return num / (self.successes + self.failures + self.prior_weight)
+        """Pooled per-token acceptance estimate (the geometric model's rate)."""
+        num = self.hits.sum() + self.prior_weight * self.prior_acceptance
+        return float(num / (self.trials.sum() + self.prior_weight))
+
+    def acceptance_by_position(self) -> np.ndarray:
+        """[max_block] chance that drafted token i + 1 is accepted given tokens 1..i were."""
+        return (self.hits + self.prior_weight * self.acceptance) / (self.trials + self.prior_weight)
+
+    def expected_tokens(self, k: int) -> float:
+        """Tokens a round with block k is expected to commit (accepted drafts + the verifier's own)."""
+        return 1.0 + float(np.cumprod(self.acceptance_by_position()[:k]).sum())
 
     def expected_seconds(self, k: int) -> float:
         """Predicted wall time of a round with block k (propose k, verify k + 1)."""
@@ -459,8 +478,7 @@ class Goodput(_Tally):
 
     def rates(self, cap: int) -> list[float]:
         """[cap + 1] predicted committed tokens per second for k = 0..cap."""
-        a = min(max(self.acceptance, 0.0), 1.0)
-        return [expected_tokens(a, k) / max(self.expected_seconds(k), 1e-9) for k in range(cap + 1)]
+        return [self.expected_tokens(k) / max(self.expected_seconds(k), 1e-9) for k in range(cap + 1)]
 
     def best(self, cap: int) -> int:
         """The k in 0..cap with the highest predicted rate (the shortest on ties)."""
@@ -473,6 +491,7 @@ class Goodput(_Tally):
         self.decisions += 1
         if not self.costs.ready and (self.decisions <= len(self.warmup) or not self.verify_cost.xs):
             return self._asked(min(self.warmup[(self.decisions - 1) % len(self.warmup)], cap))
+        cap = min(cap, self.reach)
         best = self.best(cap)
         if best == 0:
             self.zero_run += 1
@@ -493,14 +512,23 @@ class Goodput(_Tally):
             return self._asked(k)
         return self._asked(best)
 
+    @property
+    def reach(self) -> int:
+        """Longest block considered: one more than the longest verified so far (the cost curves are not
+        extrapolated further; exploration extends the reach one token at a time)."""
+        return int(max(self.verify_cost.xs))
+
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
         return True
 
     def observe(self, report: RoundReport) -> None:
         super().observe(report)
         if report.proposed > 0:
-            self.successes = self.memory * self.successes + report.accepted
-            self.failures = self.memory * self.failures + (report.accepted < report.proposed)
+            reached = min(report.accepted + 1, report.proposed, self.max_block)  # later ones: unobserved
+            self.hits *= self.memory
+            self.trials *= self.memory
+            self.trials[:reached] += 1
+            self.hits[: min(report.accepted, reached)] += 1
             self.costs.acceptance = self.acceptance
             self.propose_cost.add(report.proposed, report.propose_seconds)
         self.verify_cost.add(report.proposed + 1, report.verify_seconds)
@@ -512,6 +540,7 @@ class Goodput(_Tally):
             **super().summary(),
             "max_block": self.max_block,
             "acceptance_estimate": self.acceptance,
+            "acceptance_by_position": [round(float(a), 4) for a in self.acceptance_by_position()],
             "propose_cost": {"c0": c0, "c1": c1, "rounds": len(self.propose_cost.xs)},  # seconds, s/token
             "verify_cost": {"v0": v0, "v1": v1, "rounds": len(self.verify_cost.xs)},  # seconds, s/token
             "verify_seconds_per_token": {  # verify(n) / n by batch length n: what batching buys

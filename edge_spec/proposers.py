@@ -21,11 +21,27 @@ class Block:
     confidences: tuple[float, ...] = ()  # top-1 probability per token, when the lookahead policy asked
 
 
+ROUND_LAG = 2
+"""Tokens a model proposer lacks at the start of a round when every round speculates: its last drafted
+token (never decoded) and the verifier's own token. More means it sat out rounds (lookahead 0)."""
+
+
+def catch_up(tier: Tier, seq: list[int]) -> None:
+    """Decode, in one batch, what `tier` lacks of `seq` beyond ROUND_LAG tokens, so that the next round's
+    timing measures drafting alone (the lookahead's cost model) and not the catch-up after a pause."""
+    if tier.missing(seq) > ROUND_LAG:
+        tier.score(seq[:-1], 1)
+
+
 class Proposer(Protocol):
     """Anything that can extend a token sequence by up to n tokens."""
 
     name: str
     confident: bool  # whether propose reports per-token confidence (asks policy.keep_drafting)
+
+    def catch_up(self, seq: list[int]) -> None:
+        """Bring model state up to `seq` (see `catch_up`) before a timed round; nothing for an n-gram."""
+        ...
 
     def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
         """Up to `n` tokens continuing `seq` (fewer, even none, when it has nothing good to offer).
@@ -43,6 +59,9 @@ class NgramProposer:
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
         self.max_ngram = max_ngram  # longest suffix searched for
         self.min_ngram = min_ngram  # shortest suffix accepted as a match
+
+    def catch_up(self, seq: list[int]) -> None:
+        pass
 
     def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
         arr = np.asarray(seq, dtype=np.int64)
@@ -65,6 +84,9 @@ class ModelDrafter:
         self.name = tier.path.name
         self.sampling = sampling
         self.rng = rng or make_rng(sampling.seed)
+
+    def catch_up(self, seq: list[int]) -> None:
+        catch_up(self.tier, seq)
 
     def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
         tokens: list[int] = []

@@ -20,7 +20,7 @@ from edge_spec.acceptance import Verdict
 from edge_spec.backend import Tier
 from edge_spec.errors import ConfigError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, Lookahead, RoundReport, fit_to_proposer, parse_lookahead
-from edge_spec.proposers import Block, Proposer
+from edge_spec.proposers import Block, Proposer, catch_up
 from edge_spec.sampling import SamplingConfig, warp
 from edge_spec.stats import StageStats
 
@@ -76,6 +76,8 @@ class Verifier:
         """One verification: ask the tier below for as many tokens as the lookahead policy decides (at most
         `limit`), score them in ONE decode, keep the accepted prefix and append our own token."""
         k = self.policy.next_block(limit) if self.below is not None else 0
+        if self.below is not None and k > 0:
+            self.below.catch_up(seq)
         t0 = time.perf_counter()
         block = (
             self.below.propose(seq, k, self.policy) if self.below is not None and k > 0 else Block([], None)
@@ -90,6 +92,11 @@ class Verifier:
             self.policy.observe(RoundReport(k, len(draft), n, t1 - t0, t2 - t1, block.confidences))
             self.stats.record(len(draft), n, k)
         return Block([*draft[:n], verdict.token], rows[: n + 1].copy() if self.keep_logits else None)
+
+    def catch_up(self, seq: list[int]) -> None:
+        catch_up(self.tier, seq)
+        if self.below is not None:
+            self.below.catch_up(seq)
 
     def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
         """Run rounds until holding n tokens (or an end-of-generation token): the stage above chose n, our

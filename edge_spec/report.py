@@ -28,6 +28,7 @@ COLUMNS = (
     "greedy path",
     "agreement prefix / tokens",
     "pass@1",
+    "steal / reruns",
 )
 
 
@@ -60,6 +61,7 @@ def markdown(summary: list[dict[str, Any]]) -> str:
             _pct(s["greedy_path"]),
             f"{_pct(s['prefix_agreement'])} / {_pct(s['token_agreement'])}",
             _pct(s["pass_at_1"]),
+            f"{_pct(s['steal'])} / {s['reruns']}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

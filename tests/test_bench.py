@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from test_cli import EDGE_SPEC, _one_cpu
 
+from edge_spec import bench
 from edge_spec.bench import TARGET_ALONE, BenchConfig, agreement, plan_modes, summarize
 from edge_spec.errors import ConfigError
 from edge_spec.report import COLUMNS, markdown
@@ -54,6 +55,8 @@ def test_three_tier_modes_use_per_stage_lookahead_and_tau_q() -> None:
         ({"kinds": ("medusa",)}, "mode kinds"),
         ({"lookaheads": ("fixed:0:1",)}, "lookahead"),
         ({"max_tokens": 0}, "at least 1"),
+        ({"max_steal": 1.5}, "steal"),
+        ({"retries": -1}, "retries"),
     ],
 )
 def test_bad_settings_are_config_errors(cfg: dict, fragment: str) -> None:
@@ -85,6 +88,8 @@ def _row(prompt: str, mode: str, kind: str, tps: float, accepted: int, proposed:
         "token_agreement": 1.0,
         "greedy_path": None if kind == "target" else 1.0,
         "passed": prompt != "b",
+        "steal": 0.25 if prompt == "b" else 0.0,
+        "reruns": 1 if prompt == "b" else 0,
     }
 
 
@@ -104,10 +109,33 @@ def test_summary_ratios_are_per_prompt_and_counts_are_pooled() -> None:
     assert sd["tier_share"] == {"t.gguf": 0.75, "d.gguf": pytest.approx(0.15)}
     assert sd["python_overhead_share"] == pytest.approx(0.1)
     assert sd["pass_at_1"] == pytest.approx(2 / 3)
+    assert sd["steal"] == 0.0 and sd["reruns"] == 1  # median steal over prompts, reruns summed
     table = markdown(summarize(rows)).splitlines()
     assert table[0] == "| " + " | ".join(COLUMNS) + " |"
     assert len(table) == 2 + 2  # header, rule, one row per mode (a single suite: no "all" row)
     assert "1.20 (1.00-1.50)" in table[3]
+
+
+@pytest.mark.parametrize(
+    ("steals", "max_steal", "kept", "attempts"),
+    [
+        ([0.02], 0.1, 0.02, 1),  # quiet: measured once
+        ([0.5, 0.3, 0.05], 0.1, 0.05, 3),  # rerun until the steal is below the limit
+        ([0.5, 0.2, 0.4, 0.3], 0.1, 0.2, 4),  # retries spent: the least stolen attempt is kept
+        ([0.5], 1.0, 0.5, 1),  # limit 1: never rerun
+    ],
+)
+def test_generations_are_rerun_while_the_cpu_is_stolen(
+    monkeypatch: pytest.MonkeyPatch, steals: list[float], max_steal: float, kept: float, attempts: int
+) -> None:
+    # /proc/stat readings around each attempt: 100 ticks pass, steal * 100 of them stolen
+    readings = iter([r for s in steals for r in ((0, 0), (round(s * 100), 100))])
+    monkeypatch.setattr(bench, "cpu_times", lambda: next(readings))
+    runs = iter(range(len(steals)))
+    out = bench._least_stolen(lambda: {"run": next(runs)}, BenchConfig(max_steal=max_steal))
+    assert out["steal"] == pytest.approx(kept) and out["attempts"] == attempts
+    assert out["run"] == steals.index(kept)  # the kept attempt's own measurements
+    assert next(runs, None) is None  # no attempt beyond the scripted ones
 
 
 # ---- end to end on tiny models -------------------------------------------------------------------------

@@ -259,7 +259,7 @@ def test_goodput_costs_persist_across_generations_of_one_factory() -> None:
     assert second.costs is first.costs and second.costs.ready
     assert second.acceptance == pytest.approx(first.acceptance)  # its prior: where the last one ended
     assert first.acceptance > 0.8  # learnt from alpha = 0.9, not the default prior (0.6)
-    assert second.successes == second.failures == 0  # its own evidence starts over
+    assert not second.trials.any()  # its own evidence starts over
     assert second.next_block(16) == second.best(16)  # no warm-up length: straight to the best k
     assert parse_lookahead("goodput")().costs is not first.costs  # another pyramid measures anew
 
@@ -448,3 +448,45 @@ def test_cost_curve_prefers_measured_medians_over_the_line() -> None:
     assert fit(4) < fit.coef[0] + 4 * fit.coef[1]
     assert fit(8) == pytest.approx(fit.coef[0] + 8 * fit.coef[1])  # seen once: the line
     assert fit(3) == pytest.approx(fit.coef[0] + 3 * fit.coef[1])
+
+
+def test_cost_line_shrugs_off_rounds_slowed_by_the_machine() -> None:
+    """Rounds slowed 5x (CPU steal) at the ends of the range would tilt a least-squares line; the line
+    through each length's median stays on the planted curve."""
+    fit = LinearFit(window=64, flat=True)
+    for x in range(1, 9):
+        for _ in range(5):
+            fit.add(x, 0.05 + 0.02 * x)
+    for x in (1, 8, 8):
+        fit.add(x, 5 * (0.05 + 0.02 * x))
+    assert fit.coef == pytest.approx((0.05, 0.02), rel=0.05)
+
+
+def test_goodput_grows_its_block_one_past_the_longest_verified() -> None:
+    """Free drafting at full acceptance favours the longest block, but the cost curves are only trusted
+    one token past what was measured: the block grows by at most one per round."""
+    policy = Goodput(max_block=16, warmup=(1, 2))
+    longest = 0
+    for _ in range(40):
+        k = policy.next_block(64)
+        assert k <= max(longest, 1) + 1 or longest == 0
+        policy.observe(RoundReport(k, k, k, 0.001 * k if k else 0.0, 0.05 + 0.001 * (k + 1)))
+        longest = max(longest, k)
+    assert longest == 16
+
+
+def test_goodput_learns_acceptance_by_position_for_all_or_nothing_proposals() -> None:
+    """An n-gram's proposal is right as a whole or wrong from its first token (here 40% right): the first
+    position's estimate falls to 0.4, the later ones rise toward 1, and a block of 4 is expected to commit
+    what it does (1 + 4 * 0.4 tokens), not what the pooled geometric rate would say."""
+    rng = np.random.default_rng(5)
+    policy = Goodput(memory=1.0)
+    for _ in range(300):
+        accepted = 4 if rng.random() < 0.4 else 0
+        policy.observe(RoundReport(4, 4, accepted, 0.0, 0.1))
+    by_position = policy.acceptance_by_position()
+    assert by_position[0] == pytest.approx(0.4, abs=0.06)
+    assert (by_position[1:4] > 0.97).all()
+    a = policy.acceptance
+    assert policy.expected_tokens(4) == pytest.approx(1 + 4 * 0.4, abs=0.15)
+    assert (1 - a**5) / (1 - a) > 1 + 4 * 0.4 + 0.3  # the geometric model overrates it

@@ -13,6 +13,7 @@ from edge_spec.api import Pyramid
 from edge_spec.backend import Tier, TierConfig
 from edge_spec.errors import ConfigError, ContextOverflowError, EdgeSpecError
 from edge_spec.lookahead import BLIND_K
+from edge_spec.proposers import ROUND_LAG, ModelDrafter
 from edge_spec.pyramid import StageConfig
 from edge_spec.sampling import SamplingConfig, warp
 
@@ -289,3 +290,16 @@ def test_goodput_costs_carry_over_to_the_next_generation_of_a_pyramid(tiers: dic
     fresh = _pyramid(tiers, "noisy", None, [StageConfig(lookahead="goodput")])
     anew = fresh.generate(PROMPT, max_tokens=24, raw=True).stats.stages[0].lookahead
     assert anew["verify_cost"]["rounds"] == anew["rounds"]  # another pyramid: its own measurements
+
+
+def test_a_drafter_that_sat_out_rounds_catches_up_in_one_batch(tiers: dict[str, Tier]) -> None:
+    """After lookahead-0 rounds the drafter lacks many tokens: catch_up decodes them before the timed
+    round, and leaves the usual lag of a speculating round alone (no extra decode per round)."""
+    tier, seq = tiers["noisy"], list(range(1, 41))
+    tier.reset()
+    tier.score(seq[:10], 1)
+    drafter = ModelDrafter(tier, SamplingConfig())
+    drafter.catch_up(seq[: 10 + ROUND_LAG])
+    assert tier.n_past == 10 and tier.missing(seq[: 10 + ROUND_LAG]) == ROUND_LAG
+    drafter.catch_up(seq)
+    assert tier.n_past == len(seq) - 1 and tier.missing(seq) == 1  # the last token: the first draft's decode
