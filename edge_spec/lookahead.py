@@ -393,6 +393,10 @@ class Goodput(_Tally):
     Their pooled ratio, shrunk to a prior, is the geometric model's one per-token rate a (Leviathan et al.
     2023); each position's own ratio is shrunk to that a, so the estimates learn where acceptance is not
     geometric: an n-gram's first token is the risk, and the tokens after a correct one mostly follow.
+    The block length is chosen on the estimates; whether to draft at all (k = 0 or that length) on an
+    optimistic one, a_i + `optimism` standard errors (UCB): on a machine where speculation gains 10%, the
+    break-even acceptance is near the true one, and a few rejections would otherwise stop drafting on thin
+    evidence, after which nothing is learnt until the next probe.
 
     Cold start: while the cost model (shared across a pyramid's generations, see CostModel) is not ready,
     the first rounds cycle through `warmup` lengths so the verify fit sees distinct batch lengths.
@@ -415,6 +419,7 @@ class Goodput(_Tally):
         memory: float = 0.9,
         prior_acceptance: float = 0.6,
         prior_weight: float = 2.0,
+        optimism: float = 1.0,
         window: int = 64,
         costs: CostModel | None = None,
     ) -> None:
@@ -430,6 +435,8 @@ class Goodput(_Tally):
             raise ConfigError(f"goodput memory must be in (0, 1], got {memory!r}")
         if not 0.0 <= prior_acceptance <= 1.0 or not prior_weight > 0.0:
             raise ConfigError("goodput prior acceptance must be in [0, 1] and its weight > 0")
+        if not optimism >= 0.0:
+            raise ConfigError(f"goodput optimism must be >= 0, got {optimism!r}")
         self.max_block = max_block  # longest block considered
         self.explore_every = explore_every  # every this many rounds try best k +- 1 (and first re-probe)
         self.warmup = warmup  # block lengths of the first rounds, before the cost model has data
@@ -438,6 +445,7 @@ class Goodput(_Tally):
         self.memory = memory  # per-round decay of the acceptance evidence (0.9: about the last 10 rounds)
         self.prior_acceptance = prior_acceptance  # acceptance assumed before any proposal is verified
         self.prior_weight = prior_weight  # pseudo-observations behind that prior
+        self.optimism = optimism  # standard errors added to each acceptance estimate when deciding
         self.costs = costs or CostModel(window)  # window: rounds the cost fits look back over
         if self.costs.acceptance is not None:  # an earlier generation of this pyramid measured it
             self.prior_acceptance = self.costs.acceptance
@@ -468,9 +476,15 @@ class Goodput(_Tally):
         """[max_block] chance that drafted token i + 1 is accepted given tokens 1..i were."""
         return (self.hits + self.prior_weight * self.acceptance) / (self.trials + self.prior_weight)
 
-    def expected_tokens(self, k: int) -> float:
+    def optimistic_acceptance(self) -> np.ndarray:
+        """[max_block] acceptance_by_position raised by `optimism` standard errors (at most 1)."""
+        a = self.acceptance_by_position()
+        return np.minimum(a + self.optimism * np.sqrt(a * (1.0 - a) / (self.trials + self.prior_weight)), 1.0)
+
+    def expected_tokens(self, k: int, optimistic: bool = False) -> float:
         """Tokens a round with block k is expected to commit (accepted drafts + the verifier's own)."""
-        return 1.0 + float(np.cumprod(self.acceptance_by_position()[:k]).sum())
+        a = self.optimistic_acceptance() if optimistic else self.acceptance_by_position()
+        return 1.0 + float(np.cumprod(a[:k]).sum())
 
     def expected_seconds(self, k: int) -> float:
         """Predicted wall time of a round with block k (propose k, verify k + 1)."""
@@ -481,8 +495,14 @@ class Goodput(_Tally):
         return [self.expected_tokens(k) / max(self.expected_seconds(k), 1e-9) for k in range(cap + 1)]
 
     def best(self, cap: int) -> int:
-        """The k in 0..cap with the highest predicted rate (the shortest on ties)."""
-        return int(np.argmax(self.rates(cap)))
+        """The k in 1..cap with the highest predicted rate (the shortest on ties), or 0 when not drafting
+        beats it even with the optimistic acceptance estimate."""
+        rates = self.rates(cap)
+        if cap == 0:
+            return 0
+        k = 1 + int(np.argmax(rates[1:]))
+        hopeful = self.expected_tokens(k, optimistic=True) / max(self.expected_seconds(k), 1e-9)
+        return k if hopeful >= rates[0] else 0
 
     def next_block(self, limit: int) -> int:
         cap = _clamp(self.max_block, limit)

@@ -490,3 +490,25 @@ def test_goodput_learns_acceptance_by_position_for_all_or_nothing_proposals() ->
     a = policy.acceptance
     assert policy.expected_tokens(4) == pytest.approx(1 + 4 * 0.4, abs=0.15)
     assert (1 - a**5) / (1 - a) > 1 + 4 * 0.4 + 0.3  # the geometric model overrates it
+
+
+def _all_or_nothing(optimism: float, rounds: int) -> Goodput:
+    """Blocks of 4 that are right 3 times in 4 (wholly) and wrong from their first token otherwise, with
+    costs that put the break-even just above that: drafting 85 ms a token, verifying about 100 ms."""
+    policy = Goodput(optimism=optimism, memory=1.0)
+    for i in range(rounds):
+        policy.observe(RoundReport(4, 4, 0 if i % 4 == 0 else 4, 0.085 * 4, 0.105))
+    for n in (1, 2, 3):
+        for _ in range(2):
+            policy.observe(RoundReport(0, 0, 0, 0.0, 0.1 + 0.001 * n))
+    return policy
+
+
+@pytest.mark.parametrize("rounds", [4, 8])
+def test_goodput_keeps_drafting_on_thin_evidence_against_it(rounds: int) -> None:
+    assert _all_or_nothing(optimism=0.0, rounds=rounds).best(4) == 0  # the estimates say stop ...
+    assert _all_or_nothing(optimism=1.0, rounds=rounds).best(4) == 1  # ... but not by a standard error
+
+
+def test_goodput_stops_drafting_once_the_evidence_is_in() -> None:
+    assert _all_or_nothing(optimism=1.0, rounds=200).best(4) == 0
