@@ -402,7 +402,7 @@ def test_goodput_summary_json() -> None:
         ("cumulative:0.3:24", Cumulative, {"h": 0.3, "max_block": 24}),
         ("goodput", Goodput, {"max_block": 16}),
         ("goodput:10", Goodput, {"max_block": 10}),
-        (DEFAULT_LOOKAHEAD, Fixed, {"k": 3}),
+        (DEFAULT_LOOKAHEAD, Goodput, {"max_block": 16}),
     ],
 )
 def test_parse_lookahead_valid(spec: str, cls: type, attrs: dict) -> None:
