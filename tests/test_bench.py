@@ -169,9 +169,12 @@ def three_tier(
     tmp_path_factory: pytest.TempPathFactory, bench_env, tiny_target, tiny_noisy, tiny_same
 ) -> dict:
     out = tmp_path_factory.mktemp("bench") / "run"
+    # a fixed block, so every mode drafts (goodput may rightly skip drafting on tiny models) and the
+    # lossless checks below compare real speculation with the target alone
     proc = _bench(
         "--target", tiny_target, "--qualifier", tiny_same, "--draft", tiny_noisy, "--draft", "ngram",
-        "--limit", 2, "--max-tokens", 12, "--tau-t", 0.5, "--out", out, *EXACT, env=bench_env,
+        "--limit", 2, "--max-tokens", 12, "--tau-t", 0.5, "--lookahead", "fixed:3", "--out", out, *EXACT,
+        env=bench_env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return {"proc": proc, "json": out.with_suffix(".json"), "png": out.with_suffix(".png")}
