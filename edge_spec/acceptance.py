@@ -165,15 +165,6 @@ def validate_tau(tau: float) -> float:
     return tau
 
 
-def expected_tokens(alpha: float, k: int) -> float:
-    """Expected tokens per verification round, (1 - alpha^(k+1)) / (1 - alpha), for acceptance rate alpha."""
-    if not 0.0 <= alpha <= 1.0 or k < 0:
-        raise ValueError(f"need 0 <= alpha <= 1 and k >= 0, got alpha={alpha}, k={k}")
-    if alpha == 1.0:
-        return float(k + 1)
-    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
-
-
 def _check(
     draft: np.ndarray,  # [k] int
     p: np.ndarray,  # [k+1, V]

@@ -498,9 +498,9 @@ class Goodput(_Tally):
     def best(self, cap: int) -> int:
         """The k in 1..cap with the highest predicted rate (the shortest on ties), or 0 when not drafting
         beats it even with the optimistic acceptance estimate."""
-        rates = self.rates(cap)
         if cap == 0:
             return 0
+        rates = self.rates(cap)
         k = 1 + int(np.argmax(rates[1:]))
         hopeful = self.expected_tokens(k, optimistic=True) / max(self.expected_seconds(k), 1e-9)
         return k if hopeful >= rates[0] else 0

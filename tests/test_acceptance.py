@@ -12,7 +12,6 @@ from edge_spec.acceptance import (
     DIVERGENCES,
     Verdict,
     divergence,
-    expected_tokens,
     fuzzy_verify,
     greedy_verify,
     speculative_verify,
@@ -338,7 +337,7 @@ def test_fuzzy_rejects_bad_arguments() -> None:
         fuzzy_verify(np.array([0, 1]), p, None, np.zeros(3), 0.1, None)
 
 
-# --- validate_tau / expected_tokens / Verdict -----------------------------------------------------
+# --- validate_tau / Verdict -----------------------------------------------------
 
 
 @pytest.mark.parametrize("tau", [-0.1, math.nan, math.inf])
@@ -349,19 +348,6 @@ def test_validate_tau_rejects(tau: float) -> None:
 
 def test_validate_tau_accepts() -> None:
     assert validate_tau(0) == 0.0 and validate_tau(0.4) == 0.4
-
-
-@pytest.mark.parametrize(
-    ("alpha", "k", "expected"),
-    [(0.0, 4, 1.0), (1.0, 4, 5.0), (0.5, 3, 1.875), (0.8, 0, 1.0), (0.9, 5, sum(0.9**j for j in range(6)))],
-)
-def test_expected_tokens(alpha: float, k: int, expected: float) -> None:
-    assert expected_tokens(alpha, k) == pytest.approx(expected)
-
-
-def test_expected_tokens_rejects_out_of_range() -> None:
-    with pytest.raises(ValueError):
-        expected_tokens(1.5, 3)
 
 
 def test_verdict_bonus() -> None:

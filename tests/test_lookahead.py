@@ -512,3 +512,12 @@ def test_goodput_keeps_drafting_on_thin_evidence_against_it(rounds: int) -> None
 
 def test_goodput_stops_drafting_once_the_evidence_is_in() -> None:
     assert _all_or_nothing(optimism=1.0, rounds=200).best(4) == 0
+
+
+@pytest.mark.parametrize(
+    ("alpha", "k", "expected"),
+    [(0.0, 4, 1.0), (1.0, 4, 5.0), (0.5, 3, 1.875), (0.8, 0, 1.0), (0.9, 5, sum(0.9**j for j in range(6)))],
+)
+def test_goodput_expected_tokens_before_any_round_is_geometric(alpha: float, k: int, expected: float) -> None:
+    """With no evidence every position's estimate is the prior: (1 - a^(k+1)) / (1 - a) tokens a round."""
+    assert Goodput(prior_acceptance=alpha).expected_tokens(k) == pytest.approx(expected)
