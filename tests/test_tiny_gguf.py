@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,15 +155,12 @@ def _agreement(target: _Model, draft: _Model, n_gen: int = 200) -> float:
     return float(np.concatenate(hits).mean())
 
 
-def test_write_is_fast_and_deterministic(tmp_path: Path, tiny_target: Path) -> None:
-    start = time.perf_counter()
+def test_write_is_deterministic(tmp_path: Path, tiny_target: Path) -> None:
     again = write_tiny_model(tmp_path / "again.gguf")
-    assert time.perf_counter() - start < 1.0
     assert again.read_bytes() == tiny_target.read_bytes()
-    start = time.perf_counter()
-    with _open(again) as model:
-        model.greedy(model.tokenize("hello"), 16)
-    assert time.perf_counter() - start < 1.0
+    with _open(again) as model, _open(tiny_target) as first:
+        prompt = model.tokenize("hello")
+        assert model.greedy(prompt, 16) == first.greedy(prompt, 16)
 
 
 def test_loads_with_expected_metadata(tiny_target: Path) -> None:
