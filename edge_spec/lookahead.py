@@ -310,43 +310,47 @@ class Cumulative(_Tally):
         return {**super().summary(), "h": self.h, "max_block": self.max_block, "calibration": table}
 
 
-class LinearFit:
-    """A cost curve: y ~ b0 + b1 * x fitted over the last `window` observations, both coefficients >= 0,
-    overridden by the measured median at any x seen at least twice.
+class CostCurve:
+    """A measured cost curve: seconds at each length x, from the last `per_length` observations there.
 
-    The line is a least-squares fit through the median y at each distinct x, weighted by how often that x
-    was seen: a few rounds slowed by something else on the machine (CPU steal, a page fault storm) move a
-    median little, where they would tilt a plain least-squares line. With a single distinct x the slope is
-    not identifiable: `flat` decides the fallback (True: b1 = 0, b0 = the median, a cost independent of
+    Batch costs are not linear (measured on a 2-core CPU, Qwen2.5-Coder 1.5B Q4_K_M: 1, 1.5, 2.0, 1.7, 2.2
+    and 3.3 times a one-token decode for batches of 1, 2, 3, 4, 5 and 8; llama.cpp's repacked kernels work
+    in tiles of rows), so a length measured at least twice costs the median of its observations. Other
+    lengths read a line y ~ b0 + b1 * x (both >= 0) fitted through each measured length's median, weighted
+    by its count: a few rounds slowed by something else on the machine (CPU steal, a page fault storm)
+    move a median little, where they would tilt a plain least-squares line. With a single length the slope
+    is not identifiable: `flat` decides the fallback (True: b1 = 0, b0 = the median, a cost independent of
     length; False: b0 = 0, b1 = median / x, a cost per item)."""
 
-    def __init__(self, window: int, flat: bool) -> None:
-        self.xs: deque[float] = deque(maxlen=window)
-        self.ys: deque[float] = deque(maxlen=window)
+    def __init__(self, per_length: int, flat: bool) -> None:
+        self.per_length = per_length  # observations kept at each length (the most recent)
         self.flat = flat
+        self.samples: dict[int, deque[float]] = {}  # length -> recent seconds
+        self.rounds = 0  # observations ever added
         self.coef = (0.0, 0.0)  # (b0, b1), refreshed by add()
 
-    def add(self, x: float, y: float) -> None:
-        self.xs.append(float(x))
-        self.ys.append(float(y))
+    def add(self, x: int, y: float) -> None:
+        self.samples.setdefault(x, deque(maxlen=self.per_length)).append(float(y))
+        self.rounds += 1
         self.coef = self._fit()
 
     def identified(self) -> bool:
-        return len(set(self.xs)) >= 2
+        return len(self.samples) >= 2
 
-    def __call__(self, x: float) -> float:
-        """The median of the observations at x when there are two or more (batch costs are not linear:
-        llama.cpp's repacked kernels process rows in tiles of 4 or 8), else the linear fit."""
-        seen = [y for xi, y in zip(self.xs, self.ys, strict=True) if xi == x]
-        if len(seen) >= 2:
-            return float(np.median(seen))
+    def measured(self) -> list[int]:
+        """Lengths observed at least twice (their cost is their median)."""
+        return sorted(x for x, ys in self.samples.items() if len(ys) >= 2)
+
+    def __call__(self, x: int) -> float:
+        ys = self.samples.get(x, ())
+        if len(ys) >= 2:
+            return float(np.median(ys))
         return self.coef[0] + self.coef[1] * x
 
     def _fit(self) -> tuple[float, float]:
-        xs, ys = np.asarray(self.xs), np.asarray(self.ys)
-        x = np.unique(xs)
-        y = np.array([np.median(ys[xs == v]) for v in x])  # [distinct x] median cost at each
-        w = np.array([(xs == v).sum() for v in x], dtype=float)
+        x = np.array(sorted(self.samples), dtype=float)  # [lengths]
+        y = np.array([np.median(self.samples[int(v)]) for v in x])  # [lengths] median cost at each
+        w = np.array([len(self.samples[int(v)]) for v in x], dtype=float)  # [lengths] observations
         if len(x) == 1:
             if self.flat or x[0] == 0:
                 return float(y[0]), 0.0
@@ -362,21 +366,16 @@ class LinearFit:
 
 
 class CostModel:
-    """A stage's measured costs: propose(k) = c0 + c1 * k for k > 0 proposed tokens, and verify(n) = v0 +
-    v1 * n for a batch of n; and the acceptance estimate the last generation ended with. Both belong to the
+    """A stage's measured costs: propose(k) for k > 0 proposed tokens and verify(n) for a batch of n
+    (`CostCurve`s); and the acceptance estimate the last generation ended with. Both belong to the
     machine and the pair of models more than to one generation: a pyramid shares one CostModel between the
     Goodput policies of its successive generations, which start from those costs (no warm-up) and take
     that acceptance as their prior."""
 
-    def __init__(self, window: int = 64) -> None:
-        self.propose = LinearFit(window, flat=False)  # seconds ~ c0 + c1 * proposed, proposed > 0
-        self.verify = LinearFit(window, flat=True)  # seconds ~ v0 + v1 * (proposed + 1)
+    def __init__(self, per_length: int = 8) -> None:
+        self.propose = CostCurve(per_length, flat=False)  # seconds ~ c0 + c1 * proposed, proposed > 0
+        self.verify = CostCurve(per_length, flat=True)  # seconds ~ v0 + v1 * (proposed + 1)
         self.acceptance: float | None = None  # the latest generation's estimate; None before any
-
-    @property
-    def ready(self) -> bool:
-        """Whether both curves have data and the verify curve's slope is identified."""
-        return bool(self.propose.xs) and self.verify.identified()
 
 
 class Goodput(_Tally):
@@ -386,9 +385,9 @@ class Goodput(_Tally):
         rate(k) = (1 + a_1 + a_1 a_2 + ... + a_1 ... a_k)  /  (propose(k) + verify(k + 1)),
 
     propose(0) = 0, with a_i the chance that the i-th drafted token is accepted given the ones before it
-    were, and a cost model measured online from the rounds' wall times: propose(k) = c0 + c1 * k and
-    verify(n) = v0 + v1 * n (`LinearFit`) over the last `window` rounds. k = 0 (no speculation) is chosen
-    when drafting costs more than it saves.
+    were, and costs measured online from the rounds' wall times: propose(k) and verify(n) are the median
+    seconds of the recent rounds at that length, or lines c0 + c1 * k and v0 + v1 * n where a length is not
+    measured yet (`CostCurve`). k = 0 (no speculation) is chosen when drafting costs more than it saves.
 
     Acceptance: exponentially weighted counts (`memory` per round) of positions reached and accepted.
     Their pooled ratio, shrunk to a prior, is the geometric model's one per-token rate a (Leviathan et al.
@@ -399,10 +398,11 @@ class Goodput(_Tally):
     break-even acceptance is near the true one, and a few rejections would otherwise stop drafting on thin
     evidence, after which nothing is learnt until the next probe.
 
-    Cold start: while the cost model (shared across a pyramid's generations, see CostModel) is not ready,
-    the first rounds cycle through `warmup` lengths so the verify fit sees distinct batch lengths.
-    Exploration: every `explore_every` rounds the best k is moved by +-1 so the fit stays identifiable; k
-    never goes more than one past the longest block verified so far (`reach`).
+    Cold start: the first rounds a cost model sees (it is shared across a pyramid's generations, see
+    CostModel) go twice through the `warmup` lengths, so that not drafting (k = 0) and a few block lengths
+    are measured before any is chosen on a guess. Exploration: every `explore_every` rounds the best k is
+    moved by +-1 so the curves stay measured around it; k never goes more than one past the longest block
+    whose verification was measured twice (`reach`).
     While k = 0 wins, a probe of `probe_k` tokens is sent after `explore_every` zero rounds,
     then after twice as many (up to `max_probe_every`), since the acceptance estimate only moves on
     proposals; a winning k > 0 resets the interval."""
@@ -414,14 +414,14 @@ class Goodput(_Tally):
         self,
         max_block: int = 16,
         explore_every: int = 8,
-        warmup: tuple[int, ...] = (4, 2, 6),
+        warmup: tuple[int, ...] = (3, 0, 2, 4),
         probe_k: int = 4,
         max_probe_every: int = 64,
         memory: float = 0.9,
         prior_acceptance: float = 0.6,
         prior_weight: float = 2.0,
         optimism: float = 1.0,
-        window: int = 64,
+        per_length: int = 8,
         costs: CostModel | None = None,
     ) -> None:
         super().__init__()
@@ -440,14 +440,14 @@ class Goodput(_Tally):
             raise ConfigError(f"goodput optimism must be >= 0, got {optimism!r}")
         self.max_block = max_block  # longest block considered
         self.explore_every = explore_every  # every this many rounds try best k +- 1 (and first re-probe)
-        self.warmup = warmup  # block lengths of the first rounds, before the cost model has data
+        self.warmup = warmup  # block lengths of a cost model's first 2 * len(warmup) rounds
         self.probe_k = probe_k  # block length of a re-probe while k = 0 wins
         self.max_probe_every = max_probe_every  # longest run of k = 0 rounds between probes
         self.memory = memory  # per-round decay of the acceptance evidence (0.9: about the last 10 rounds)
         self.prior_acceptance = prior_acceptance  # acceptance assumed before any proposal is verified
         self.prior_weight = prior_weight  # pseudo-observations behind that prior
         self.optimism = optimism  # standard errors added to each acceptance estimate when deciding
-        self.costs = costs or CostModel(window)  # window: rounds the cost fits look back over
+        self.costs = costs or CostModel(per_length)  # per_length: recent rounds kept at each length
         if self.costs.acceptance is not None:  # an earlier generation of this pyramid measured it
             self.prior_acceptance = self.costs.acceptance
         self.hits = np.zeros(max_block)  # [max_block] decayed accepted counts by position
@@ -460,11 +460,11 @@ class Goodput(_Tally):
         self._step = 1  # direction of the next exploration step
 
     @property
-    def propose_cost(self) -> LinearFit:
+    def propose_cost(self) -> CostCurve:
         return self.costs.propose
 
     @property
-    def verify_cost(self) -> LinearFit:
+    def verify_cost(self) -> CostCurve:
         return self.costs.verify
 
     @property
@@ -510,8 +510,8 @@ class Goodput(_Tally):
         if cap == 0:
             return self._asked(0)
         self.decisions += 1
-        if not self.costs.ready and (self.decisions <= len(self.warmup) or not self.verify_cost.xs):
-            return self._asked(min(self.warmup[(self.decisions - 1) % len(self.warmup)], cap))
+        if self.verify_cost.rounds < 2 * len(self.warmup):
+            return self._asked(min(self.warmup[self.verify_cost.rounds % len(self.warmup)], cap))
         cap = min(cap, self.reach)
         best = self.best(cap)
         if best == 0:
@@ -535,9 +535,9 @@ class Goodput(_Tally):
 
     @property
     def reach(self) -> int:
-        """Longest block considered: one more than the longest verified so far (the cost curves are not
-        extrapolated further; exploration extends the reach one token at a time)."""
-        return int(max(self.verify_cost.xs))
+        """Longest block considered: one more than the longest whose verification was measured twice (the
+        cost curves are not extrapolated further; exploration extends the reach one token at a time)."""
+        return max(self.verify_cost.measured() or self.verify_cost.samples)
 
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
         return True
@@ -562,12 +562,12 @@ class Goodput(_Tally):
             "max_block": self.max_block,
             "acceptance_estimate": self.acceptance,
             "acceptance_by_position": [round(float(a), 4) for a in self.acceptance_by_position()],
-            "propose_cost": {"c0": c0, "c1": c1, "rounds": len(self.propose_cost.xs)},  # seconds, s/token
-            "verify_cost": {"v0": v0, "v1": v1, "rounds": len(self.verify_cost.xs)},  # seconds, s/token
+            "propose_cost": {"c0": c0, "c1": c1, "rounds": self.propose_cost.rounds},  # seconds, s/token
+            "verify_cost": {"v0": v0, "v1": v1, "rounds": self.verify_cost.rounds},  # seconds, s/token
             "verify_seconds_per_token": {  # verify(n) / n by batch length n: what batching buys
                 str(n): self.verify_cost(n) / n for n in range(1, self.max_block + 2)
             },
-            "best_k": self.best(self.max_block) if self.verify_cost.xs else None,
+            "best_k": self.best(self.max_block) if self.verify_cost.samples else None,
             "probes": self.probes,
             "explorations": self.explorations,
         }

@@ -14,12 +14,11 @@ from edge_spec.lookahead import (
     BLIND_K,
     DEFAULT_LOOKAHEAD,
     Confidence,
-    CostModel,
+    CostCurve,
     Cumulative,
     Entropy,
     Fixed,
     Goodput,
-    LinearFit,
     Lookahead,
     RoundReport,
     fit_to_proposer,
@@ -242,11 +241,19 @@ def test_cumulative_calibration_upwards() -> None:
 # --- goodput --------------------------------------------------------------------------------------
 
 
-def test_goodput_cold_start_varies_lengths() -> None:
-    policy = Goodput()
-    assert [policy.next_block(16) for _ in range(3)] == [4, 2, 6]  # no observations yet: keeps warming up
-    policy = Goodput()
-    assert policy.next_block(3) == 3
+def test_goodput_cold_start_measures_each_warmup_length_twice() -> None:
+    """Not drafting and a few block lengths are measured twice before any length is chosen on the costs."""
+    policy = Goodput(warmup=(3, 0, 2, 4))
+    assert [policy.next_block(16) for _ in range(2)] == [3, 3]  # nothing observed yet: still the first
+    ks = []
+    for _ in range(8):
+        k = policy.next_block(16)
+        ks.append(k)
+        policy.observe(RoundReport(k, k, k, 0.001 * k if k else 0.0, 0.05 + 0.001 * (k + 1)))
+    assert ks == [3, 0, 2, 4, 3, 0, 2, 4]
+    assert policy.verify_cost.measured() == [1, 3, 4, 5]
+    assert policy.next_block(16) == 5  # drafting is cheap: the longest block reachable, one past 4
+    assert Goodput(warmup=(3, 0, 2, 4)).next_block(2) == 2  # the limit still clamps the warm-up
 
 
 def test_goodput_costs_persist_across_generations_of_one_factory() -> None:
@@ -256,7 +263,7 @@ def test_goodput_costs_persist_across_generations_of_one_factory() -> None:
     first = factory()
     simulate(first, 40, alpha=0.9, propose=(0.0, 0.01), verify=(0.05, 0.002))
     second = factory()
-    assert second.costs is first.costs and second.costs.ready
+    assert second.costs is first.costs and second.verify_cost.rounds == 40
     assert second.acceptance == pytest.approx(first.acceptance)  # its prior: where the last one ended
     assert first.acceptance > 0.8  # learnt from alpha = 0.9, not the default prior (0.6)
     assert not second.trials.any()  # its own evidence starts over
@@ -264,13 +271,21 @@ def test_goodput_costs_persist_across_generations_of_one_factory() -> None:
     assert parse_lookahead("goodput")().costs is not first.costs  # another pyramid measures anew
 
 
-def test_goodput_cost_model_alone_is_not_ready_until_identified() -> None:
-    costs = CostModel()
-    costs.verify.add(3, 0.1)
-    costs.propose.add(2, 0.02)
-    assert not costs.ready  # one batch length: the verify slope is unknown
-    costs.verify.add(5, 0.12)
-    assert costs.ready
+def test_cost_curve_keeps_each_length_recent_and_remembers_rare_ones() -> None:
+    """A length keeps its own last observations: the one-token cost measured at the start is still known
+    after a long run of drafting rounds, and a length's cost follows the machine when it changes."""
+    curve = CostCurve(per_length=4, flat=True)
+    assert not curve.identified()
+    curve.add(1, 0.1)
+    curve.add(1, 0.1)
+    assert not curve.identified()  # one length: the slope is unknown
+    for _ in range(100):
+        curve.add(4, 0.2)
+    assert curve.identified() and curve(1) == pytest.approx(0.1)
+    for _ in range(3):
+        curve.add(4, 0.4)  # the machine slowed down: 3 of the last 4 rounds
+    assert curve(4) == pytest.approx(0.4)
+    assert curve.rounds == 105 and curve.measured() == [1, 4]
 
 
 @pytest.mark.parametrize("make", [Confidence, Entropy, Cumulative])
@@ -441,7 +456,7 @@ def test_parse_lookahead_invalid(spec: str, message: str) -> None:
 
 
 def test_cost_curve_prefers_measured_medians_over_the_line() -> None:
-    fit = LinearFit(window=64, flat=True)
+    fit = CostCurve(per_length=8, flat=True)
     for n, seconds in [(1, 1.0), (1, 1.0), (5, 1.8), (5, 1.8), (4, 1.1), (4, 1.1), (8, 2.2)]:
         fit.add(n, seconds)
     assert fit(4) == pytest.approx(1.1)  # a tile-friendly batch, cheaper than the line predicts
@@ -453,7 +468,7 @@ def test_cost_curve_prefers_measured_medians_over_the_line() -> None:
 def test_cost_line_shrugs_off_rounds_slowed_by_the_machine() -> None:
     """Rounds slowed 5x (CPU steal) at the ends of the range would tilt a least-squares line; the line
     through each length's median stays on the planted curve."""
-    fit = LinearFit(window=64, flat=True)
+    fit = CostCurve(per_length=8, flat=True)
     for x in range(1, 9):
         for _ in range(5):
             fit.add(x, 0.05 + 0.02 * x)
@@ -464,15 +479,16 @@ def test_cost_line_shrugs_off_rounds_slowed_by_the_machine() -> None:
 
 def test_goodput_grows_its_block_one_past_the_longest_verified() -> None:
     """Free drafting at full acceptance favours the longest block, but the cost curves are only trusted
-    one token past what was measured: the block grows by at most one per round."""
+    one token past what was measured twice: the block grows by one every second round."""
     policy = Goodput(max_block=16, warmup=(1, 2))
-    longest = 0
-    for _ in range(40):
+    ks = []
+    for _ in range(60):
         k = policy.next_block(64)
-        assert k <= max(longest, 1) + 1 or longest == 0
+        twice = [n - 1 for n in policy.verify_cost.measured()]  # blocks whose verification was measured
+        assert k <= max(twice, default=2) + 1
         policy.observe(RoundReport(k, k, k, 0.001 * k if k else 0.0, 0.05 + 0.001 * (k + 1)))
-        longest = max(longest, k)
-    assert longest == 16
+        ks.append(k)
+    assert ks[:7] == [1, 2, 1, 2, 3, 3, 4] and max(ks) == 16  # warm-up twice, then 3 twice, then 4
 
 
 def test_goodput_learns_acceptance_by_position_for_all_or_nothing_proposals() -> None:
