@@ -315,12 +315,16 @@ class CostCurve:
 
     Batch costs are not linear (measured on a 2-core CPU, Qwen2.5-Coder 1.5B Q4_K_M: 1, 1.5, 2.0, 1.7, 2.2
     and 3.3 times a one-token decode for batches of 1, 2, 3, 4, 5 and 8; llama.cpp's repacked kernels work
-    in tiles of rows), so a length measured at least twice costs the median of its observations. Other
-    lengths read a line y ~ b0 + b1 * x (both >= 0) fitted through each measured length's median, weighted
-    by its count: a few rounds slowed by something else on the machine (CPU steal, a page fault storm)
-    move a median little, where they would tilt a plain least-squares line. With a single length the slope
-    is not identifiable: `flat` decides the fallback (True: b1 = 0, b0 = the median, a cost independent of
-    length; False: b0 = 0, b1 = median / x, a cost per item)."""
+    in tiles of rows), so a length measured at least twice costs a low quantile (`quantile`) of its
+    observations. Disturbances (CPU steal, other processes, page faults) only ever add time, so, as with
+    timeit's minimum, the faster observations are the machine's cost: a length that a burst of steal made
+    look slow in 5 of its 8 latest rounds keeps its cost, and is not shunned until it happens to be
+    measured again. Other lengths read a line y ~ b0 + b1 * x (both >= 0) fitted through the measured
+    lengths' costs, weighted by their counts. With a single length the slope is not identifiable: `flat`
+    decides the fallback (True: b1 = 0, b0 = that cost, a cost independent of length; False: b0 = 0,
+    b1 = cost / x, a cost per item)."""
+
+    quantile = 0.25  # of a length's recent observations, taken as its cost
 
     def __init__(self, per_length: int, flat: bool) -> None:
         self.per_length = per_length  # observations kept at each length (the most recent)
@@ -338,18 +342,18 @@ class CostCurve:
         return len(self.samples) >= 2
 
     def measured(self) -> list[int]:
-        """Lengths observed at least twice (their cost is their median)."""
+        """Lengths observed at least twice (their cost is measured, not read from the line)."""
         return sorted(x for x, ys in self.samples.items() if len(ys) >= 2)
 
     def __call__(self, x: int) -> float:
         ys = self.samples.get(x, ())
         if len(ys) >= 2:
-            return float(np.median(ys))
+            return float(np.quantile(ys, self.quantile))
         return self.coef[0] + self.coef[1] * x
 
     def _fit(self) -> tuple[float, float]:
         x = np.array(sorted(self.samples), dtype=float)  # [lengths]
-        y = np.array([np.median(self.samples[int(v)]) for v in x])  # [lengths] median cost at each
+        y = np.array([np.quantile(self.samples[int(v)], self.quantile) for v in x])  # [lengths] cost at each
         w = np.array([len(self.samples[int(v)]) for v in x], dtype=float)  # [lengths] observations
         if len(x) == 1:
             if self.flat or x[0] == 0:
@@ -385,9 +389,10 @@ class Goodput(_Tally):
         rate(k) = (1 + a_1 + a_1 a_2 + ... + a_1 ... a_k)  /  (propose(k) + verify(k + 1)),
 
     propose(0) = 0, with a_i the chance that the i-th drafted token is accepted given the ones before it
-    were, and costs measured online from the rounds' wall times: propose(k) and verify(n) are the median
-    seconds of the recent rounds at that length, or lines c0 + c1 * k and v0 + v1 * n where a length is not
-    measured yet (`CostCurve`). k = 0 (no speculation) is chosen when drafting costs more than it saves.
+    were, and costs measured online from the rounds' wall times: propose(k) and verify(n) are a low
+    quantile of the seconds of the recent rounds at that length, or lines c0 + c1 * k and v0 + v1 * n
+    where a length is not measured yet (`CostCurve`). k = 0 (no speculation) is chosen when drafting costs
+    more than it saves.
 
     Acceptance: exponentially weighted counts (`memory` per round) of positions reached and accepted.
     Their pooled ratio, shrunk to a prior, is the geometric model's one per-token rate a (Leviathan et al.
