@@ -31,9 +31,10 @@ import numpy as np
 
 from edge_spec.errors import ConfigError
 
-# The best policy measured (bench/README.md, 2026-11-22 lookahead sweep, Qwen2.5-Coder 0.5B or an n-gram
-# under the 1.5B on a 2-core CPU): goodput beat the best fixed length (k=3) overall with both proposers and
-# on every prompt class but one (code with the 0.5B draft: 0.97x against 1.08x).
+# The best policy measured over both proposers (bench/README.md, 2026-11-22 sweeps, Qwen2.5-Coder 0.5B or an
+# n-gram under the 1.5B on a 2-core CPU): with the n-gram, goodput beats the best fixed length (k=3) on
+# every prompt class (0.98x against 0.91x overall); with the 0.5B draft it is ahead on chat and behind
+# fixed:3 on code (overall 0.95x against 0.97x in the latest sweep, 0.96x against 0.91x in the one before).
 DEFAULT_LOOKAHEAD = "goodput"
 
 LOOKAHEAD_HELP = (
