@@ -4,7 +4,6 @@ one generation at a time, and close()."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from children import one_cpu
 
 from edge_spec.api import GENERATE_OPTIONS, LoadOptions, Pyramid
 from edge_spec.errors import ConfigError, EdgeSpecError
@@ -295,13 +295,7 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(blocks[0], encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, preexec_fn=_one_cpu
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, preexec_fn=one_cpu
     )
     assert proc.returncode == 0, proc.stderr
     assert "'total_tokens'" in proc.stdout
-
-
-def _one_cpu() -> None:
-    """Pin a child to one CPU: one llama.cpp thread, no spinning on a busy machine."""
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})

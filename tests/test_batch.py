@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from children import one_cpu
 
 from edge_spec.api import GENERATE_OPTIONS, LoadOptions, Pyramid
 from edge_spec.batch import SETTING_TYPES, Output, read_jobs
@@ -30,11 +31,6 @@ EDGE_SPEC = (
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "batch_generate.py"
 EXACT = ["--no-flash-attn", "--cache-type", "f32"]
 N_LINES = 40
-
-
-def _one_cpu() -> None:
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
 def _input_lines() -> list[dict]:
@@ -86,7 +82,7 @@ def _batch(env: dict[str, str], *argv: object, script: bool = False) -> subproce
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        preexec_fn=_one_cpu,
+        preexec_fn=one_cpu,
     )
 
 

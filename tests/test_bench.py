@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli import EDGE_SPEC, _one_cpu
+from children import one_cpu
+from test_cli import EDGE_SPEC
 
 from edge_spec import bench
 from edge_spec.bench import TARGET_ALONE, BenchConfig, agreement, plan_modes, summarize
@@ -148,7 +149,7 @@ def _bench(*args: object, env: dict[str, str], timeout: float = 300) -> subproce
         text=True,
         timeout=timeout,
         env=env,
-        preexec_fn=_one_cpu,
+        preexec_fn=one_cpu,
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from children import one_cpu
 from tiny_gguf import build_vocab, write_not_gguf, write_tiny_model, write_truncated_copy
 
 from edge_spec.backend import VOCAB_CHECK_START_TOKEN_ID, Tier, TierConfig
@@ -34,11 +35,6 @@ N_TOKENS = 32
 STAGE_KEYS = {"verifier", "proposer", "proposed", "accepted", "recovered", "bonus", "mean_accepted_length"}
 
 
-def _one_cpu() -> None:
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The children's environment: an empty model cache, so no test can start a download."""
@@ -54,7 +50,7 @@ def cli(env: dict[str, str]):
             text=True,
             timeout=timeout,
             env=env,
-            preexec_fn=_one_cpu,
+            preexec_fn=one_cpu,
         )
 
     return run
@@ -305,7 +301,7 @@ def test_ctrl_c_exits_130(env: dict[str, str], tmp_path: Path, long_model: Path,
     args = ["run", PROMPT, "--target", long_model, "--max-tokens", 100_000, "--ctx", 32768, *tiers]
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.Popen(
-            [*EDGE_SPEC, *map(str, args)], stdout=fo, stderr=fe, env=env, preexec_fn=_one_cpu
+            [*EDGE_SPEC, *map(str, args)], stdout=fo, stderr=fe, env=env, preexec_fn=one_cpu
         )
         try:
             deadline = time.monotonic() + 60
