@@ -331,11 +331,14 @@ class CostCurve:
         self.per_length = per_length  # observations kept at each length (the most recent)
         self.flat = flat
         self.samples: dict[int, deque[float]] = {}  # length -> recent seconds
+        self.cost_at: dict[int, float] = {}  # length -> the quantile of its samples, refreshed by add()
         self.rounds = 0  # observations ever added
         self.coef = (0.0, 0.0)  # (b0, b1), refreshed by add()
 
     def add(self, x: int, y: float) -> None:
-        self.samples.setdefault(x, deque(maxlen=self.per_length)).append(float(y))
+        ys = self.samples.setdefault(x, deque(maxlen=self.per_length))
+        ys.append(float(y))
+        self.cost_at[x] = float(np.quantile(ys, self.quantile))
         self.rounds += 1
         self.coef = self._fit()
 
@@ -347,15 +350,15 @@ class CostCurve:
         return sorted(x for x, ys in self.samples.items() if len(ys) >= 2)
 
     def __call__(self, x: int) -> float:
-        ys = self.samples.get(x, ())
-        if len(ys) >= 2:
-            return float(np.quantile(ys, self.quantile))
+        if len(self.samples.get(x, ())) >= 2:
+            return self.cost_at[x]
         return self.coef[0] + self.coef[1] * x
 
     def _fit(self) -> tuple[float, float]:
-        x = np.array(sorted(self.samples), dtype=float)  # [lengths]
-        y = np.array([np.quantile(self.samples[int(v)], self.quantile) for v in x])  # [lengths] cost at each
-        w = np.array([len(self.samples[int(v)]) for v in x], dtype=float)  # [lengths] observations
+        lengths = sorted(self.samples)
+        x = np.array(lengths, dtype=float)  # [lengths]
+        y = np.array([self.cost_at[v] for v in lengths])  # [lengths] cost at each
+        w = np.array([len(self.samples[v]) for v in lengths], dtype=float)  # [lengths] observations
         if len(x) == 1:
             if self.flat or x[0] == 0:
                 return float(y[0]), 0.0
