@@ -337,7 +337,7 @@ def test_fuzzy_rejects_bad_arguments() -> None:
         fuzzy_verify(np.array([0, 1]), p, None, np.zeros(3), 0.1, None)
 
 
-# --- validate_tau / Verdict -----------------------------------------------------
+# --- validate_tau / Verdict -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("tau", [-0.1, math.nan, math.inf])

@@ -63,6 +63,20 @@ def simulate(
     return ks
 
 
+def on_measured_curve(policy: Goodput, rounds: int, alpha: float, noise: float, seed: int) -> list[int]:
+    """Run `rounds` rounds against MEASURED_VERIFY (one token: 95 ms) and a 50 ms draft token, each time
+    off by `noise` (relative standard deviation); the block lengths chosen."""
+    rng = np.random.default_rng(seed)
+    ks = []
+    for _ in range(rounds):
+        k = policy.next_block(64)
+        ks.append(k)
+        noisy = 1 + noise * rng.standard_normal(2)
+        verify = 0.095 * MEASURED_VERIFY[k] * noisy[0]
+        policy.observe(RoundReport(k, k, geometric_accepts(rng, alpha, k), 0.05 * k * noisy[1], verify))
+    return ks
+
+
 # --- shared behaviour -----------------------------------------------------------------------------
 
 
@@ -490,16 +504,8 @@ def test_goodput_finds_the_tile_friendly_block_on_a_measured_curve() -> None:
     """The measured verify curve (a batch of 4 is cheaper than one of 3), a draft token at half a target
     token and 95% acceptance: block 3 (a batch of 4) is the only one that beats the target alone, and the
     policy finds it from the costs it measures; a line through them would see no such dip."""
-    rng = np.random.default_rng(11)
     policy = Goodput()
-    ks = []
-    for _ in range(300):
-        k = policy.next_block(64)
-        ks.append(k)
-        noisy = 1 + 0.02 * rng.standard_normal(2)
-        verify = 0.095 * MEASURED_VERIFY[k] * noisy[0]
-        policy.observe(RoundReport(k, k, geometric_accepts(rng, 0.95, k), 0.05 * k * noisy[1], verify))
-    tail = ks[50:]
+    tail = on_measured_curve(policy, 300, alpha=0.95, noise=0.02, seed=11)[50:]
     assert tail.count(3) / len(tail) > 0.7
     assert policy.verify_cost(4) < policy.verify_cost(3)
 
@@ -510,15 +516,7 @@ def test_goodput_cold_start_settles_on_the_measured_best_block() -> None:
     A line fitted to a handful of noisy rounds used to wander to blocks of 1 or 5-6 for a whole generation."""
     chosen = []
     for seed in range(5):
-        rng = np.random.default_rng(seed)
-        policy = Goodput(prior_acceptance=0.97)
-        for i in range(24):
-            k = policy.next_block(64)
-            if i >= 8:
-                chosen.append(k)
-            noisy = 1 + 0.1 * rng.standard_normal(2)
-            verify = 0.095 * MEASURED_VERIFY[k] * noisy[0]
-            policy.observe(RoundReport(k, k, geometric_accepts(rng, 0.9, k), 0.05 * k * noisy[1], verify))
+        chosen += on_measured_curve(Goodput(prior_acceptance=0.97), 24, alpha=0.9, noise=0.1, seed=seed)[8:]
     assert chosen.count(3) / len(chosen) > 0.5
 
 
