@@ -374,16 +374,21 @@ class CostCurve:
 
 
 class CostModel:
-    """A stage's measured costs: propose(k) for k > 0 proposed tokens and verify(n) for a batch of n
-    (`CostCurve`s); and the acceptance estimate the last generation ended with. Both belong to the
-    machine and the pair of models more than to one generation: a pyramid shares one CostModel between the
-    Goodput policies of its successive generations, which start from those costs (no warm-up) and take
-    that acceptance as their prior."""
+    """What a stage measures that belongs to the machine and the pair of models more than to one
+    generation: the costs propose(k) for k > 0 proposed tokens and verify(n) for a batch of n
+    (`CostCurve`s), and the acceptance evidence (decayed counts by drafted position, see Goodput).
 
-    def __init__(self, per_length: int = 8) -> None:
+    A pyramid shares one CostModel between the Goodput policies of its successive generations: each starts
+    where the last one ended, without a warm-up, and its acceptance evidence keeps fading per round, so a
+    new kind of prompt outweighs the last one within about ten rounds. (A point prior carried with the
+    weight of two observations was too light: in short HumanEval answers one early rejection stopped
+    drafting for the rest of the answer.)"""
+
+    def __init__(self, per_length: int = 8, max_block: int = 16) -> None:
         self.propose = CostCurve(per_length, flat=False)  # seconds ~ c0 + c1 * proposed, proposed > 0
         self.verify = CostCurve(per_length, flat=True)  # seconds ~ v0 + v1 * (proposed + 1)
-        self.acceptance: float | None = None  # the latest generation's estimate; None before any
+        self.hits = np.zeros(max_block)  # [max_block] decayed accepted counts by drafted position
+        self.trials = np.zeros(max_block)  # [max_block] decayed reached counts by drafted position
 
 
 class Goodput(_Tally):
@@ -407,11 +412,14 @@ class Goodput(_Tally):
     break-even acceptance is near the true one, and a few rejections would otherwise stop drafting on thin
     evidence, after which nothing is learnt until the next probe.
 
-    Cold start: the first rounds a cost model sees (it is shared across a pyramid's generations, see
-    CostModel) go twice through the `warmup` lengths, so that not drafting (k = 0) and a few block lengths
-    are measured before any is chosen on a guess. Exploration: every `explore_every` rounds the best k is
-    moved by +-1 so the curves stay measured around it; k never goes more than one past the longest block
-    whose verification was measured twice (`reach`).
+    Cold start: the first rounds a cost model sees (it is shared across a pyramid's generations with the
+    acceptance evidence, see CostModel) go twice through the `warmup` lengths, so that not drafting (k = 0)
+    and a few block lengths are measured before any is chosen on a guess. Exploration: after
+    `explore_every` drafting rounds the best k is moved by +-1 so the curves stay measured around it; the
+    interval doubles (up to `max_explore_every`) while the best k stays the one found at the last
+    exploration, and starts over when it moved: on the 2-core CPU curve measured here a block of 2 or 4
+    instead of 3 costs 12-20% of a round's rate, so a settled choice should rarely be left. k never goes
+    more than one past the longest block whose verification was measured twice (`reach`).
     While k = 0 wins, a probe of `probe_k` tokens is sent after `explore_every` zero rounds,
     then after twice as many (up to `max_probe_every`), since the acceptance estimate only moves on
     proposals; a winning k > 0 resets the interval."""
@@ -426,6 +434,7 @@ class Goodput(_Tally):
         warmup: tuple[int, ...] = (3, 0, 2, 4),
         probe_k: int = 4,
         max_probe_every: int = 64,
+        max_explore_every: int = 64,
         memory: float = 0.9,
         prior_acceptance: float = 0.6,
         prior_weight: float = 2.0,
@@ -448,22 +457,24 @@ class Goodput(_Tally):
         if not optimism >= 0.0:
             raise ConfigError(f"goodput optimism must be >= 0, got {optimism!r}")
         self.max_block = max_block  # longest block considered
-        self.explore_every = explore_every  # every this many rounds try best k +- 1 (and first re-probe)
+        self.explore_every = explore_every  # rounds before trying best k +- 1 (and before a first re-probe)
         self.warmup = warmup  # block lengths of a cost model's first 2 * len(warmup) rounds
         self.probe_k = probe_k  # block length of a re-probe while k = 0 wins
         self.max_probe_every = max_probe_every  # longest run of k = 0 rounds between probes
+        self.max_explore_every = max_explore_every  # longest interval between explorations
         self.memory = memory  # per-round decay of the acceptance evidence (0.9: about the last 10 rounds)
         self.prior_acceptance = prior_acceptance  # acceptance assumed before any proposal is verified
         self.prior_weight = prior_weight  # pseudo-observations behind that prior
         self.optimism = optimism  # standard errors added to each acceptance estimate when deciding
-        self.costs = costs or CostModel(per_length)  # per_length: recent rounds kept at each length
-        if self.costs.acceptance is not None:  # an earlier generation of this pyramid measured it
-            self.prior_acceptance = self.costs.acceptance
-        self.hits = np.zeros(max_block)  # [max_block] decayed accepted counts by position
-        self.trials = np.zeros(max_block)  # [max_block] decayed reached counts by position
+        self.costs = costs or CostModel(per_length, max_block)  # per_length: rounds kept per length
+        if self.costs.hits.shape != (max_block,):
+            raise ConfigError(f"goodput max_block {max_block} differs from its shared cost model's")
         self.decisions = 0  # next_block calls with room to speculate
         self.zero_run = 0  # consecutive rounds where k = 0 won
         self.probe_every = explore_every  # zero rounds before the next probe (doubles while probes fail)
+        self.explore_gap = explore_every  # drafting rounds between explorations (doubles while best stays)
+        self.since_exploration = 0  # drafting rounds since the last exploration
+        self.explored_around: int | None = None  # the best k at the last exploration
         self.probes = 0  # probes sent while k = 0 won
         self.explorations = 0  # rounds moved off the best k to keep the fit identifiable
         self._step = 1  # direction of the next exploration step
@@ -475,6 +486,16 @@ class Goodput(_Tally):
     @property
     def verify_cost(self) -> CostCurve:
         return self.costs.verify
+
+    @property
+    def hits(self) -> np.ndarray:
+        """[max_block] decayed accepted counts by drafted position (the shared CostModel's)."""
+        return self.costs.hits
+
+    @property
+    def trials(self) -> np.ndarray:
+        """[max_block] decayed counts of rounds that reached each drafted position (the CostModel's)."""
+        return self.costs.trials
 
     @property
     def acceptance(self) -> float:
@@ -533,7 +554,14 @@ class Goodput(_Tally):
             return self._asked(min(self.probe_k, cap))
         self.zero_run = 0
         self.probe_every = self.explore_every
-        if self.decisions % self.explore_every == 0:
+        self.since_exploration += 1
+        if self.since_exploration >= self.explore_gap:
+            if best == self.explored_around:  # settled: explore half as often
+                self.explore_gap = min(2 * self.explore_gap, self.max_explore_every)
+            else:
+                self.explore_gap = self.explore_every
+            self.explored_around = best
+            self.since_exploration = 0
             self._step = -self._step
             k = _clamp(best + self._step, cap)
             if k == best:
@@ -555,11 +583,10 @@ class Goodput(_Tally):
         super().observe(report)
         if report.proposed > 0:
             reached = min(report.accepted + 1, report.proposed, self.max_block)  # later ones: unobserved
-            self.hits *= self.memory
-            self.trials *= self.memory
+            self.hits[:] *= self.memory
+            self.trials[:] *= self.memory
             self.trials[:reached] += 1
             self.hits[: min(report.accepted, reached)] += 1
-            self.costs.acceptance = self.acceptance
             self.propose_cost.add(report.proposed, report.propose_seconds)
         self.verify_cost.add(report.proposed + 1, report.verify_seconds)
 
@@ -624,9 +651,9 @@ def parse_lookahead(spec: str) -> Callable[[], Lookahead]:
         name, Goodput
     )
     try:
-        cls(**kwargs)  # validate now, not at the first generation
+        first = cls(**kwargs)  # validate now, not at the first generation
     except ConfigError as e:
         raise ConfigError(f"invalid lookahead {spec!r}: {e}") from None
-    if cls is Goodput:
-        kwargs["costs"] = CostModel()  # shared by every policy this factory makes
+    if isinstance(first, Goodput):
+        kwargs["costs"] = first.costs  # shared by every policy this factory makes
     return lambda: cls(**kwargs)
