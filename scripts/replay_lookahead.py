@@ -35,7 +35,7 @@ import click
 import numpy as np
 
 from edge_spec.backend import Tier, TierConfig
-from edge_spec.bench import TARGET_ALONE, BenchConfig, Mode, Tiers, _generate
+from edge_spec.bench import TARGET_ALONE, Mode, Tiers
 from edge_spec.lookahead import Lookahead, RoundReport, parse_lookahead
 from edge_spec.proposers import ROUND_LAG, NgramProposer
 from edge_spec.suites import SUITES, load_suite
@@ -157,10 +157,9 @@ def record(
     """Write OUT (JSONL): the machine's decode costs, then one line per prompt."""
     tiers = Tiers.load(target, [draft], None, TierConfig(n_ctx=ctx))
     drafter = next(t for t in tiers.drafts.values() if isinstance(t, Tier))
-    alone = Mode(TARGET_ALONE, "target")
-    encode = tiers.pyramid(alone).encode
+    alone = tiers.pyramid(Mode(TARGET_ALONE, "target"))
     prompts = [p for s in suites or SUITES for p in load_suite(s, limit)]
-    sample = encode(prompts[0].text, prompts[0].raw)
+    sample = alone.encode(prompts[0].text, prompts[0].raw)
     filler = (sample * MAX_BATCH)[:MAX_BATCH]
     ngram = NgramProposer()
     with out.open("w", encoding="utf-8") as f:
@@ -170,8 +169,10 @@ def record(
         }
         f.write(json.dumps({"costs": costs}) + "\n")
         for p in prompts:
-            output = _generate(tiers, alone, p, BenchConfig(), max_tokens)["token_ids"]
-            prompt = encode(p.text, p.raw)
+            output = alone.generate(
+                p.text, raw=p.raw, stop=p.stop, max_tokens=max_tokens, temperature=0.0
+            ).token_ids
+            prompt = alone.encode(p.text, p.raw)
             guesses = drafter.score([*prompt, *output], len(output) + 1)[:-1].argmax(axis=1)
             blocks = [ngram.propose([*prompt, *output[:t]], MAX_BATCH).tokens for t in range(len(output))]
             row = {"id": p.id, "suite": p.suite, "n": len(output), "max_tokens": max_tokens}
