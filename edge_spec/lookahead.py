@@ -469,7 +469,6 @@ class Goodput(_Tally):
         self.costs = costs or CostModel(per_length, max_block)  # per_length: rounds kept per length
         if self.costs.hits.shape != (max_block,):
             raise ConfigError(f"goodput max_block {max_block} differs from its shared cost model's")
-        self.decisions = 0  # next_block calls with room to speculate
         self.zero_run = 0  # consecutive rounds where k = 0 won
         self.probe_every = explore_every  # zero rounds before the next probe (doubles while probes fail)
         self.explore_gap = explore_every  # drafting rounds between explorations (doubles while best stays)
@@ -539,7 +538,6 @@ class Goodput(_Tally):
         cap = _clamp(self.max_block, limit)
         if cap == 0:
             return self._asked(0)
-        self.decisions += 1
         if self.verify_cost.rounds < 2 * len(self.warmup):
             return self._asked(min(self.warmup[self.verify_cost.rounds % len(self.warmup)], cap))
         cap = min(cap, self.reach)
