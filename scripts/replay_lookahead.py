@@ -36,9 +36,11 @@ import numpy as np
 
 from edge_spec.backend import Tier, TierConfig
 from edge_spec.bench import TARGET_ALONE, Mode, Tiers
+from edge_spec.cli import EXIT_INTERRUPTED, _clean_errors
+from edge_spec.errors import ConfigError
 from edge_spec.lookahead import Lookahead, RoundReport, parse_lookahead
 from edge_spec.proposers import ROUND_LAG, NgramProposer
-from edge_spec.suites import SUITES, load_suite
+from edge_spec.suites import SUITES, BenchPrompt, load_suite
 
 MAX_BATCH = 16  # longest decode timed by `record`; replayed blocks are at most MAX_BATCH - 1
 
@@ -151,14 +153,24 @@ def main() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Prompts per suite (default: all).")
 @click.option("--max-tokens", default=128, show_default=True)
 @click.option("--ctx", default=2048, show_default=True)
+@_clean_errors
 def record(
     out: Path, target: str, draft: str, suites: tuple[str, ...], limit: int | None, max_tokens: int, ctx: int
 ) -> None:
-    """Write OUT (JSONL): the machine's decode costs, then one line per prompt."""
+    """Write OUT (JSONL): the machine's decode costs, then one line per prompt (Ctrl-C keeps those done)."""
     tiers = Tiers.load(target, [draft], None, TierConfig(n_ctx=ctx))
+    try:
+        _record(tiers, out, [p for s in suites or SUITES for p in load_suite(s, limit)], max_tokens)
+    except KeyboardInterrupt:
+        click.echo(f"replay_lookahead: interrupted; {out} holds the prompts recorded so far", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    finally:
+        tiers.close()
+
+
+def _record(tiers: Tiers, out: Path, prompts: list[BenchPrompt], max_tokens: int) -> None:
     drafter = next(t for t in tiers.drafts.values() if isinstance(t, Tier))
     alone = tiers.pyramid(Mode(TARGET_ALONE, "target"))
-    prompts = [p for s in suites or SUITES for p in load_suite(s, limit)]
     sample = alone.encode(prompts[0].text, prompts[0].raw)
     filler = (sample * MAX_BATCH)[:MAX_BATCH]
     ngram = NgramProposer()
@@ -182,7 +194,6 @@ def record(
             f.write(json.dumps(row) + "\n")
             f.flush()
             click.echo(f"{p.id}: {len(output)} tokens", err=True)
-    tiers.close()
 
 
 @main.command(name="replay")
@@ -200,6 +211,7 @@ def record(
 @click.option("--overhead-ms", default=3.0, show_default=True, help="Python time per round.")
 @click.option("--sigma", default=0.04, show_default=True, help="Log-normal noise on each decode time.")
 @click.option("--burst", default=0.05, show_default=True, help="Chance a decode is slowed 1.3-2x.")
+@_clean_errors
 def replay_command(
     traces: Path,
     specs: tuple[str, ...],
@@ -210,10 +222,17 @@ def replay_command(
     burst: float,
 ) -> None:
     """Print a markdown table: median per-prompt ratio to the target alone, by suite."""
-    first, *rows = (
-        json.loads(line) for line in traces.read_text(encoding="utf-8").splitlines() if line.strip()
-    )
-    machine = Machine(first["costs"]["target"], first["costs"]["draft"], overhead_ms / 1000.0, sigma, burst)
+    for spec in specs:
+        parse_lookahead(spec)  # a bad spec fails before any replay
+    try:
+        first, *rows = (
+            json.loads(line) for line in traces.read_text(encoding="utf-8").splitlines() if line.strip()
+        )
+        machine = Machine(
+            first["costs"]["target"], first["costs"]["draft"], overhead_ms / 1000.0, sigma, burst
+        )
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{traces}: not a file written by `replay_lookahead.py record`") from None
     suites = [s for s in SUITES if any(r["suite"] == s for r in rows)]
     click.echo(f"| proposer | policy | {' | '.join(suites)} | all |\n|{' --- |' * (len(suites) + 3)}")
     for proposer in proposers:

@@ -93,3 +93,18 @@ def test_record_on_tiny_models(tmp_path: Path, tiny_target: Path, tiny_same: Pat
         ["| draft", "fixed:3"],
         ["| ngram", "fixed:3"],
     ]
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    """A missing model, a bad lookahead spec and a file that is not a recording end in one line, exit 2."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    cases = [
+        ["record", str(tmp_path / "t.jsonl"), "--target", str(tmp_path / "none.gguf"), "--draft", "x.gguf"],
+        ["replay", str(bad), "--lookahead", "fixed:0x"],
+        ["replay", str(bad)],
+    ]
+    for args in cases:
+        result = CliRunner().invoke(replay_lookahead.main, args)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
