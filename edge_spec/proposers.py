@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,9 +110,11 @@ class ModelDrafter:
 
 
 def confidence(logits: np.ndarray) -> tuple[float, float]:
-    """Top-1 probability and entropy (nats) of softmax(logits); logits [V]."""
-    z = logits.astype(np.float64) - logits.max()
+    """Top-1 probability and entropy (nats) of softmax(logits); logits [V] float32. In float32 with the sum
+    accumulated in float64: 0.2 ms for Qwen's 151,936 logits, against 2 ms in float64 (a drafted token of
+    the 0.5B takes ~50 ms on 2 CPU cores)."""
+    z = logits - logits.max()
     e = np.exp(z)
-    total = e.sum()
-    entropy = float(np.log(total) - (e * z).sum() / total)
-    return float(1.0 / total), entropy
+    total = float(e.sum(dtype=np.float64))
+    entropy = math.log(total) - float(np.dot(e, z)) / total
+    return 1.0 / total, entropy

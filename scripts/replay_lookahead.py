@@ -38,8 +38,8 @@ from edge_spec.backend import Tier, TierConfig
 from edge_spec.bench import TARGET_ALONE, Mode, Tiers
 from edge_spec.cli import EXIT_INTERRUPTED, _clean_errors
 from edge_spec.errors import ConfigError
-from edge_spec.lookahead import Lookahead, RoundReport, parse_lookahead
-from edge_spec.proposers import ROUND_LAG, NgramProposer
+from edge_spec.lookahead import Lookahead, RoundReport, fit_to_proposer, parse_lookahead
+from edge_spec.proposers import ROUND_LAG, NgramProposer, confidence
 from edge_spec.suites import SUITES, BenchPrompt, load_suite
 
 MAX_BATCH = 16  # longest decode timed by `record`; replayed blocks are at most MAX_BATCH - 1
@@ -92,6 +92,17 @@ def decode_costs(tier: Tier, prefix: list[int], tokens: list[int], repeats: int 
     return costs
 
 
+def drafted(trace: dict, t: int, k: int, policy: Lookahead) -> tuple[int, tuple[float, ...]]:
+    """Tokens a draft asked for k tokens at position t proposes when `policy.keep_drafting` sees the
+    recorded confidences, and those confidences. Past the draft's first miss the recording has the
+    confidence given the target's token, not the draft's own: an approximation, on tokens rejected anyway."""
+    top1, entropy = trace["draft_top1"], trace["draft_entropy"]
+    for i in range(1, min(k, len(top1) - t) + 1):
+        if not policy.keep_drafting(i, top1[t + i - 1], entropy[t + i - 1]):
+            return i, tuple(top1[t : t + i])
+    return k, tuple(top1[t : t + k])
+
+
 def replay_one(
     trace: dict, proposer: str, policy: Lookahead, machine: Machine, rng: np.random.Generator
 ) -> float:
@@ -99,18 +110,22 @@ def replay_one(
     runs, t, seconds, missing = trace[proposer], 0, 0.0, ROUND_LAG
     while t < trace["n"]:
         k = min(policy.next_block(trace["max_tokens"] - t - 1), MAX_BATCH - 1)
-        proposed = min(k, trace["ngram_offered"][t]) if proposer == "ngram" else k
-        propose = 0.0
-        if proposer == "draft" and k > 0:
+        proposed, propose, confidences = k, 0.0, ()
+        if proposer == "ngram":
+            proposed = min(k, trace["ngram_offered"][t])
+            missing += 1
+        elif k > 0:
+            if policy.needs_confidence:
+                proposed, confidences = drafted(trace, t, k, policy)
             if missing > ROUND_LAG:  # the draft sat out rounds: one batch catches it up
                 seconds += machine.time(rng, machine.draft[min(missing - ROUND_LAG, MAX_BATCH) - 1])
-            propose = machine.time(rng, machine.draft[ROUND_LAG - 1] + (k - 1) * machine.draft[0])
+            propose = machine.time(rng, machine.draft[ROUND_LAG - 1] + (proposed - 1) * machine.draft[0])
             missing = ROUND_LAG
         else:
             missing += 1
         accepted = min(proposed, runs[t])
         verify = machine.time(rng, machine.target[proposed])
-        policy.observe(RoundReport(k, proposed, accepted, propose, verify))
+        policy.observe(RoundReport(k, proposed, accepted, propose, verify, confidences))
         seconds += propose + verify + machine.overhead
         t += accepted + 1
     return seconds
@@ -131,7 +146,8 @@ def replay(
         make = factory()
         for tr in traces:
             alone = sum(machine.time(rng, machine.target[0]) + machine.overhead for _ in range(tr["n"]))
-            ratios[tr["id"]].append(alone / replay_one(tr, proposer, make(), machine, rng))
+            policy = fit_to_proposer(make(), confident=proposer == "draft" and "draft_top1" in tr)
+            ratios[tr["id"]].append(alone / replay_one(tr, proposer, policy, machine, rng))
     per_prompt = {i: statistics.fmean(r) for i, r in ratios.items()}
     suites = [s for s in SUITES if any(tr["suite"] == s for tr in traces)]
     table = {s: statistics.median(per_prompt[tr["id"]] for tr in traces if tr["suite"] == s) for s in suites}
@@ -185,10 +201,14 @@ def _record(tiers: Tiers, out: Path, prompts: list[BenchPrompt], max_tokens: int
                 p.text, raw=p.raw, stop=p.stop, max_tokens=max_tokens, temperature=0.0
             ).token_ids
             prompt = alone.encode(p.text, p.raw)
-            guesses = drafter.score([*prompt, *output], len(output) + 1)[:-1].argmax(axis=1)
+            rows = drafter.score([*prompt, *output], len(output) + 1)[:-1]  # [n, V]
+            guesses = rows.argmax(axis=1)
             blocks = [ngram.propose([*prompt, *output[:t]], MAX_BATCH).tokens for t in range(len(output))]
             row = {"id": p.id, "suite": p.suite, "n": len(output), "max_tokens": max_tokens}
             row["draft"] = matched_run(guesses, np.array(output))
+            row["draft_top1"], row["draft_entropy"] = (
+                [round(x, 4) for x in col] for col in zip(*map(confidence, rows), strict=True)
+            )
             row["ngram"] = [matched_prefix(b, output[t:]) for t, b in enumerate(blocks)]
             row["ngram_offered"] = [len(b) for b in blocks]
             f.write(json.dumps(row) + "\n")

@@ -222,7 +222,7 @@ def test_cumulative_calibration_drifts_to_observed_rate() -> None:
         blocks.append(n)
         policy.observe(RoundReport(16, n, geometric_accepts(rng, 0.5, n), 0.01 * n, 0.05, (0.9,) * n))
     assert blocks[0] == 4
-    assert policy.estimate(0.9) == pytest.approx(0.5, abs=0.1)
+    assert policy.calibration.estimate(0.9) == pytest.approx(0.5, abs=0.1)
     assert blocks[-10:] == [1] * 10  # 1 - 0.5 > 0.3: stop after the first token
     table = policy.summary()["calibration"]
     assert table[9]["observed"] > 20 and table[9]["accepted"] < table[9]["observed"]
@@ -242,7 +242,7 @@ def test_cumulative_calibration_drifts_to_observed_rate() -> None:
 def test_cumulative_observe_counts_positions(proposed: int, accepted: int, hits: int, trials: int) -> None:
     policy = Cumulative()
     policy.observe(RoundReport(4, proposed, accepted, 0.01, 0.05, (0.95,) * proposed))
-    assert policy.hits.sum() == hits and policy.trials.sum() == trials
+    assert policy.calibration.hits.sum() == hits and policy.calibration.trials.sum() == trials
 
 
 def test_cumulative_calibration_upwards() -> None:
@@ -252,7 +252,7 @@ def test_cumulative_calibration_upwards() -> None:
     assert drafted_until_stop(policy, [(0.55, 1.0)] * 16) == 1
     for _ in range(30):
         policy.observe(RoundReport(4, 4, 4, 0.01, 0.05, (0.55,) * 4))
-    assert policy.estimate(0.55) > 0.95
+    assert policy.calibration.estimate(0.55) > 0.95
     policy.next_block(16)
     assert drafted_until_stop(policy, [(0.55, 1.0)] * 16) >= 8
 
