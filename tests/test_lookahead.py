@@ -102,7 +102,7 @@ def test_limit_zero_after_history(make: Callable[[], Lookahead]) -> None:
 
 @pytest.mark.parametrize(
     ("make", "needs"),
-    [(Fixed, False), (Confidence, True), (Entropy, True), (Cumulative, True), (Goodput, False)],
+    [(Fixed, False), (Confidence, True), (Entropy, True), (Cumulative, True), (Goodput, False)],  # see below
 )
 def test_needs_confidence(make: Callable[[], Lookahead], needs: bool) -> None:
     assert make().needs_confidence is needs
@@ -349,10 +349,77 @@ def test_confidence_policies_fall_back_to_fixed_without_confidences(make: Callab
     assert fit_to_proposer(informed, confident=True) is informed
 
 
-@pytest.mark.parametrize("make", [Fixed, Goodput])
-def test_other_policies_ignore_confidence(make: Callable[[], Lookahead]) -> None:
-    policy = make()
+def test_fixed_ignores_confidence() -> None:
+    policy = Fixed()
     assert fit_to_proposer(policy, confident=False) is policy
+    assert fit_to_proposer(policy, confident=True) is policy and not policy.needs_confidence
+
+
+@pytest.mark.parametrize("confident", [True, False])
+def test_goodput_reads_confidence_where_the_proposer_has_it(confident: bool) -> None:
+    policy = Goodput()
+    assert fit_to_proposer(policy, confident) is policy
+    assert policy.needs_confidence is confident
+    assert ("calibration" in policy.summary()) is confident
+
+
+def confident_drafter(policy: Goodput, rounds: int, seed: int) -> tuple[int, float]:
+    """Rounds on MEASURED_VERIFY and a 50 ms draft token, where 85% of drafted tokens come with top-1 0.95
+    and are always accepted and the rest with top-1 0.4 and are accepted 30% of the time. The drafter
+    asks keep_drafting when the policy reads confidence. (tokens committed, seconds)."""
+    rng = np.random.default_rng(seed)
+    tokens, seconds = 0, 0.0
+    for _ in range(rounds):
+        k = policy.next_block(64)
+        top1s: list[float] = []
+        while len(top1s) < k:
+            top1s.append(0.95 if rng.random() < 0.85 else 0.4)
+            if policy.needs_confidence and not policy.keep_drafting(len(top1s), top1s[-1], 0.5):
+                break
+        accepted = 0
+        while accepted < len(top1s) and (top1s[accepted] > 0.9 or rng.random() < 0.3):
+            accepted += 1
+        t_p, t_v = 0.05 * len(top1s), 0.095 * MEASURED_VERIFY[len(top1s)]
+        policy.observe(RoundReport(k, len(top1s), accepted, t_p, t_v, tuple(top1s)))
+        tokens, seconds = tokens + accepted + 1, seconds + t_p + t_v
+    return tokens, seconds
+
+
+def test_goodput_stops_a_block_after_an_uncertain_token_and_gains_by_it() -> None:
+    informed, blind = Goodput(), Goodput()
+    fit_to_proposer(informed, confident=True)
+    fit_to_proposer(blind, confident=False)
+    tokens, seconds = confident_drafter(informed, 400, seed=5)
+    blind_tokens, blind_seconds = confident_drafter(blind, 400, seed=5)
+    assert tokens / seconds > 1.04 * blind_tokens / blind_seconds
+    assert informed.early_stops > 20 and blind.early_stops == 0
+    low = informed.costs.calibration.estimate(0.4)
+    assert low == pytest.approx(0.3, abs=0.1) and informed.costs.calibration.estimate(0.95) > 0.97
+    k = informed.next_block(64)
+    assert k >= 2
+    assert not informed.keep_drafting(1, 0.4, 2.0)  # after an uncertain first token: verify it alone
+    informed.next_block(64)
+    assert all(informed.keep_drafting(i, 0.95, 0.1) for i in range(1, k))
+
+
+def test_goodput_warmup_and_probes_run_whole_blocks() -> None:
+    """Measurement rounds are not cut short: the warm-up measures its lengths, a probe its acceptance."""
+    policy = Goodput(warmup=(3, 4))
+    fit_to_proposer(policy, confident=True)
+    for _ in range(4):
+        k = policy.next_block(16)
+        assert all(policy.keep_drafting(i, 0.01, 5.0) for i in range(1, k + 1))
+        policy.observe(RoundReport(k, k, 0, 0.05 * k, 0.1 + 0.01 * k, (0.01,) * k))
+    assert policy.early_stops == 0
+
+
+def test_goodput_calibration_is_shared_across_generations() -> None:
+    factory = parse_lookahead("goodput")
+    first = fit_to_proposer(factory(), confident=True)
+    first.observe(RoundReport(3, 3, 1, 0.15, 0.2, (0.99, 0.35, 0.99)))
+    second = factory()
+    assert second.costs.calibration.trials.sum() == 2  # the rejected second token, and the first
+    assert second.costs.calibration.estimate(0.35) < 0.35
 
 
 def test_goodput_chooses_zero_when_drafting_does_not_pay() -> None:

@@ -68,6 +68,25 @@ def test_a_draft_that_never_matches_is_skipped_by_goodput_and_costs_fixed_blocks
     assert goodput["code"] > 0.9 > 0.8 > fixed["code"] and set(goodput) == {"code", "all"}
 
 
+@pytest.mark.parametrize(
+    ("t", "k", "proposed"),
+    [
+        (0, 4, 2),  # 0.9 kept, 0.5 below p_min: that token kept, the block stops
+        (2, 4, 3),  # 0.95, 0.99, then 0.3
+        (4, 3, 1),  # 0.3 first
+        (5, 4, 4),  # past the trace's end: the draft drafts on, with no recorded confidence
+        (5, 2, 2),
+    ],
+)
+def test_a_confidence_stop_replays_on_recorded_top1(t: int, k: int, proposed: int) -> None:
+    recorded = trace([0] * 7) | {
+        "draft_top1": [0.9, 0.5, 0.95, 0.99, 0.3, 0.9, 0.8],
+        "draft_entropy": [0.1] * 7,
+    }
+    got, confidences = replay_lookahead.drafted(recorded, t, k, parse_lookahead("pmin:0.75")())
+    assert got == proposed and confidences == tuple(recorded["draft_top1"][t : t + proposed])
+
+
 def test_record_on_tiny_models(tmp_path: Path, tiny_target: Path, tiny_same: Path) -> None:
     """A draft with the target's own weights gets every token right: each position's run reaches the end.
     The replay command then reads the file back into a table."""
@@ -84,6 +103,8 @@ def test_record_on_tiny_models(tmp_path: Path, tiny_target: Path, tiny_same: Pat
         assert r["draft"] == list(range(r["n"], 0, -1))
         assert len(r["ngram"]) == len(r["ngram_offered"]) == r["n"]
         assert all(0 <= m <= o for m, o in zip(r["ngram"], r["ngram_offered"], strict=True))
+        assert len(r["draft_top1"]) == len(r["draft_entropy"]) == r["n"]
+        assert all(0 < p <= 1 for p in r["draft_top1"]) and min(r["draft_entropy"]) >= 0
     table = CliRunner().invoke(
         replay_lookahead.main, ["replay", str(out), "--draws", "2", "--lookahead", "fixed:3"]
     )
