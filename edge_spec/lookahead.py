@@ -176,7 +176,8 @@ in the 2026-11-22 sweep: 2, 3 and 4 tried, 3 best on every class with both propo
 def fit_to_proposer(policy: Lookahead, confident: bool) -> Lookahead:
     """The policy to use over a proposer that does (`confident`) or does not report per-token confidence.
     pmin, entropy and cumulative stop a block on the drafter's confidence; over an n-gram or a qualifier,
-    which report none, they would always ask for their longest block, so they become Fixed(BLIND_K)."""
+    which report none, they would always ask for their longest block, so they become Fixed(BLIND_K).
+    Goodput stays itself and reads confidence where there is some (`Goodput.stop_on_confidence`)."""
     if isinstance(policy, Goodput):
         policy.stop_on_confidence = confident
     elif policy.needs_confidence and not confident:
