@@ -31,10 +31,10 @@ import numpy as np
 
 from edge_spec.errors import ConfigError
 
-# The best policy measured over both proposers (bench/README.md, 2026-11-22 runs, Qwen2.5-Coder 0.5B or an
-# n-gram under the 1.5B on a 2-core CPU, 10 prompts per class): within 5% of the best fixed length (k=3)
-# on every class with either proposer, ahead on chat with both and on code with the n-gram; overall 0.99x
-# against 0.96x with the n-gram; with the 0.5B draft 0.96x against 0.99x, then 0.93x against 0.94x.
+# The best policy measured over both proposers (bench/README.md, 2026-11-22 runs A and B, Qwen2.5-Coder
+# 0.5B or an n-gram under the 1.5B on a 2-core CPU, 10 prompts per class): within 5% of the best fixed
+# length on every class with either proposer; overall 1.00x against fixed:3's 0.94x with the n-gram, and
+# with the 0.5B 1.05x against 1.01x (run A), 1.02x against 1.05x (run B), paired over both +1.3%.
 DEFAULT_LOOKAHEAD = "goodput"
 
 LOOKAHEAD_HELP = (
