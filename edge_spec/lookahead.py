@@ -35,7 +35,7 @@ from edge_spec.errors import ConfigError
 # or an n-gram under the 1.5B on a 2-core CPU, 10 prompts per class): within 5% of the best fixed length
 # on every class with either proposer in runs A and B (C: 8% behind on rewrites with the 0.5B); overall
 # 1.00x against fixed:3's 0.94x with the n-gram; with the 0.5B level: 1.05x against 1.01x (run A), 1.02x
-# against 1.05x (B), 1.01x against 1.05x (C), paired over the three 1.002x. Far ahead where drafting loses.
+# against 1.05x (B), 1.01x against 1.05x (C), paired over the three 1.002x.
 DEFAULT_LOOKAHEAD = "goodput"
 
 LOOKAHEAD_HELP = (
