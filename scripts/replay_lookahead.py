@@ -113,7 +113,6 @@ def replay_one(
         proposed, propose, confidences = k, 0.0, ()
         if proposer == "ngram":
             proposed = min(k, trace["ngram_offered"][t])
-            missing += 1
         elif k > 0:
             if policy.needs_confidence:
                 proposed, confidences = drafted(trace, t, k, policy)

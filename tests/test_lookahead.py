@@ -102,7 +102,8 @@ def test_limit_zero_after_history(make: Callable[[], Lookahead]) -> None:
 
 @pytest.mark.parametrize(
     ("make", "needs"),
-    [(Fixed, False), (Confidence, True), (Entropy, True), (Cumulative, True), (Goodput, False)],  # see below
+    # goodput reads confidence once fit_to_proposer has seen a drafter that reports it (tested below)
+    [(Fixed, False), (Confidence, True), (Entropy, True), (Cumulative, True), (Goodput, False)],
 )
 def test_needs_confidence(make: Callable[[], Lookahead], needs: bool) -> None:
     assert make().needs_confidence is needs
