@@ -345,25 +345,41 @@ class CostCurve:
     observations. Disturbances (CPU steal, other processes, page faults) only ever add time, so, as with
     timeit's minimum, the faster observations are the machine's cost: a length that a burst of steal made
     look slow in 5 of its 8 latest rounds keeps its cost, and is not shunned until it happens to be
-    measured again. Other lengths read a line y ~ b0 + b1 * x (both >= 0) fitted through the measured
+    measured again.
+
+    Observations also age: the context grows during a generation and shrinks at the next prompt, and a
+    shared machine slows down and speeds up, while a length that only exploration visits is observed every
+    8 to 64 rounds. Its last 8 observations then date from other conditions than those of the length in
+    use, and compared as measured, the stale cost decided the choice (run C, 2026-11-22: on rewrites block 3
+    kept a cost from earlier prompts and lost to block 4 for whole prompts). So when a length is observed,
+    its observations from more than `max_age` rounds ago are dropped, all but the newest when fewer than 2
+    would remain, and the quantile is the lower order statistic: a length seen now and then costs the lower
+    of its last two observations, so one fresh observation corrects a stale cost that is too high, and
+    one slowed by a burst does not spoil it; a stale cost that is too low gets the length chosen, and
+    measured, again.
+
+    Other lengths read a line y ~ b0 + b1 * x (both >= 0) fitted through the measured
     lengths' costs, weighted by their counts. With a single length the slope is not identifiable: `flat`
     decides the fallback (True: b1 = 0, b0 = that cost, a cost independent of length; False: b0 = 0,
     b1 = cost / x, a cost per item)."""
 
-    quantile = 0.25  # of a length's recent observations, taken as its cost
+    quantile = 0.25  # of a length's recent observations (the lower order statistic), taken as its cost
+    max_age = 32  # rounds of this curve after which a length's observations count as stale
 
     def __init__(self, per_length: int, flat: bool) -> None:
         self.per_length = per_length  # observations kept at each length (the most recent)
         self.flat = flat
-        self.samples: dict[int, deque[float]] = {}  # length -> recent seconds
+        self.samples: dict[int, deque[tuple[int, float]]] = {}  # length -> recent (round, seconds)
         self.cost_at: dict[int, float] = {}  # length -> the quantile of its samples, refreshed by add()
         self.rounds = 0  # observations ever added
         self.coef = (0.0, 0.0)  # (b0, b1), refreshed by add()
 
     def add(self, x: int, y: float) -> None:
         ys = self.samples.setdefault(x, deque(maxlen=self.per_length))
-        ys.append(float(y))
-        self.cost_at[x] = float(np.quantile(ys, self.quantile))
+        ys.append((self.rounds, float(y)))
+        while len(ys) > 2 and ys[0][0] < self.rounds - self.max_age:
+            ys.popleft()
+        self.cost_at[x] = float(np.quantile([t for _, t in ys], self.quantile, method="lower"))
         self.rounds += 1
         self.coef = self._fit()
 

@@ -63,7 +63,14 @@ def simulate(
     return ks
 
 
-def on_measured_curve(policy: Goodput, rounds: int, alpha: float, noise: float, seed: int) -> list[int]:
+def on_measured_curve(
+    policy: Goodput,
+    rounds: int,
+    alpha: float,
+    noise: float,
+    seed: int,
+    scale: float = 1.0,  # every time multiplied by this (a slower machine, a longer context)
+) -> list[int]:
     """Run `rounds` rounds against MEASURED_VERIFY (one token: 95 ms) and a 50 ms draft token, each time
     off by `noise` (relative standard deviation); the block lengths chosen."""
     rng = np.random.default_rng(seed)
@@ -71,7 +78,7 @@ def on_measured_curve(policy: Goodput, rounds: int, alpha: float, noise: float, 
     for _ in range(rounds):
         k = policy.next_block(64)
         ks.append(k)
-        noisy = 1 + noise * rng.standard_normal(2)
+        noisy = scale * (1 + noise * rng.standard_normal(2))
         verify = 0.095 * MEASURED_VERIFY[k] * noisy[0]
         policy.observe(RoundReport(k, k, geometric_accepts(rng, alpha, k), 0.05 * k * noisy[1], verify))
     return ks
@@ -314,7 +321,8 @@ def test_goodput_explores_less_while_its_choice_holds() -> None:
     policy = Goodput(explore_every=8, max_explore_every=32)
     ks = on_measured_curve(policy, 300, alpha=0.95, noise=0.02, seed=0)
     off = [i for i, k in enumerate(ks) if i >= 8 and k != 3]  # after the warm-up
-    assert off[:4] == [15, 23, 39, 71] and np.diff(off[3:]).tolist() == [32] * (len(off) - 4)
+    # 43-44: block 1, never measured, read from the line until measured twice (not an exploration)
+    assert off[:6] == [15, 23, 39, 43, 44, 71] and np.diff(off[5:]).tolist() == [32] * (len(off) - 6)
     flat = Goodput(explore_every=8, max_explore_every=32)
     simulate(flat, 300, alpha=0.9, propose=(0.0, 0.01), verify=(0.05, 0.002), noise=0.0)
     assert flat.explorations >= 20  # a flat optimum: the best k moves, so exploring restarts often
@@ -605,6 +613,24 @@ def test_goodput_finds_the_tile_friendly_block_on_a_measured_curve() -> None:
     tail = on_measured_curve(policy, 300, alpha=0.95, noise=0.02, seed=11)[50:]
     assert tail.count(3) / len(tail) > 0.7
     assert policy.verify_cost(4) < policy.verify_cost(3)
+
+
+def test_goodput_compares_block_lengths_with_fresh_costs() -> None:
+    """The measured curve, first at 1.5x its times (a longer context, a slower machine) with block 3
+    chosen; then the machine is faster and 8 rounds of block 4 are measured at the new speed, as when
+    exploration or a change of prompt made goodput draft 4. Compared with its 8 stale observations, block
+    3 lost to block 4 in 72% of the next 200 rounds, explorations included (run C on rewrites, 2026-11-22).
+    With stale observations dropped, the first exploration that measures block 3 afresh (a batch of 4,
+    the cheap tile) brings it back for good."""
+    for seed in range(3):
+        policy = Goodput()
+        on_measured_curve(policy, 100, 0.95, 0.02, seed, scale=1.5)
+        for _ in range(8):
+            policy.observe(RoundReport(4, 4, 4, 0.2, 0.095 * MEASURED_VERIFY[4]))
+        ks = on_measured_curve(policy, 200, 0.95, 0.02, seed + 10)
+        back = ks[ks.index(3) :]  # from the first exploration of block 3
+        assert len(back) > 100 and back.count(3) / len(back) > 0.9
+        assert policy.verify_cost(4) == pytest.approx(0.095 * MEASURED_VERIFY[3], rel=0.05)
 
 
 def test_goodput_cold_start_settles_on_the_measured_best_block() -> None:
