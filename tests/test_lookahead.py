@@ -349,6 +349,21 @@ def test_cost_curve_keeps_each_length_recent_and_remembers_rare_ones() -> None:
     assert curve.rounds == 108 and curve.measured() == [1, 4]
 
 
+@pytest.mark.parametrize(("fresh", "cost"), [(0.15, 0.15), (0.6, 0.2)])
+def test_cost_curve_drops_stale_observations_when_a_length_is_seen_again(fresh: float, cost: float) -> None:
+    """Length 4 measured 8 times, then max_age rounds of length 5 only: its next observation replaces all
+    but the newest stale one, and the lower of the two is its cost. A faster machine or a shorter context
+    shows at once; one round slowed by a burst of steal does not spoil the old cost."""
+    curve = CostCurve(per_length=8, flat=True)
+    for _ in range(8):
+        curve.add(4, 0.2)
+    for _ in range(CostCurve.max_age):
+        curve.add(5, 0.25)
+    curve.add(4, fresh)
+    assert curve(4) == pytest.approx(cost)
+    assert len(curve.samples[4]) == 2 and len(curve.samples[5]) == 8
+
+
 @pytest.mark.parametrize("make", [Confidence, Entropy, Cumulative])
 def test_confidence_policies_fall_back_to_fixed_without_confidences(make: Callable[[], Lookahead]) -> None:
     blind = fit_to_proposer(make(), confident=False)
