@@ -431,6 +431,7 @@ class CostModel:
         self.hits = np.zeros(max_block)  # [max_block] decayed accepted counts by drafted position
         self.trials = np.zeros(max_block)  # [max_block] decayed reached counts by drafted position
         self.calibration = Calibration()  # acceptance by the drafter's top-1 (a model drafter's rounds)
+        self.hopeless = 0  # rounds since the last probe in which drafting could not pay (Goodput.can_pay)
 
 
 class Goodput(_Tally):
@@ -464,7 +465,12 @@ class Goodput(_Tally):
     more than one past the longest block whose verification was measured twice (`reach`).
     While k = 0 wins, a probe of `probe_k` tokens is sent after `explore_every` zero rounds,
     then after twice as many (up to `max_probe_every`), since the acceptance estimate only moves on
-    proposals; a winning k > 0 resets the interval.
+    proposals; a winning k > 0 resets the interval. Where no block would beat not drafting even if every
+    drafted token were accepted (`can_pay` is False: verification costs about as much per token as
+    decoding alone, as on a 2-core AMD EPYC, where 5 tokens of the 1.5B cost 4.2x one), better acceptance
+    cannot help and only a change of costs could: a probe then goes out once in `max_hopeless` such
+    rounds of the cost model, across generations. A probe after a pause also costs the drafter a catch-up
+    decode of every token it missed (there: a fifth of the decode time, with 4 probes a generation).
 
     Over a drafter that reports each token's top-1 probability (`stop_on_confidence`, set by
     fit_to_proposer), a chosen block also stops early (keep_drafting): after each token, drafting goes on
@@ -484,6 +490,7 @@ class Goodput(_Tally):
         probe_k: int = 4,
         max_probe_every: int = 64,
         max_explore_every: int = 64,
+        max_hopeless: int = 256,
         memory: float = 0.9,
         prior_acceptance: float = 0.6,
         prior_weight: float = 2.0,
@@ -511,6 +518,7 @@ class Goodput(_Tally):
         self.probe_k = probe_k  # block length of a re-probe while k = 0 wins
         self.max_probe_every = max_probe_every  # longest run of k = 0 rounds between probes
         self.max_explore_every = max_explore_every  # longest interval between explorations
+        self.max_hopeless = max_hopeless  # rounds between probes while drafting cannot pay (see can_pay)
         self.memory = memory  # per-round decay of the acceptance evidence (0.9: about the last 10 rounds)
         self.prior_acceptance = prior_acceptance  # acceptance assumed before any proposal is verified
         self.prior_weight = prior_weight  # pseudo-observations behind that prior
@@ -600,6 +608,14 @@ class Goodput(_Tally):
             return self._asked(min(self.warmup[self.verify_cost.rounds % len(self.warmup)], cap))
         cap = min(cap, self.reach)
         best = self.best(cap)
+        if best == 0 and not self.can_pay(cap):
+            self.costs.hopeless += 1
+            if self.costs.hopeless < self.max_hopeless:
+                return self._asked(0)
+            self.costs.hopeless = 0
+            self.probes += 1
+            return self._asked(min(self.probe_k, cap))
+        self.costs.hopeless = 0
         if best == 0:
             self.zero_run += 1
             if self.zero_run < self.probe_every:
@@ -627,6 +643,12 @@ class Goodput(_Tally):
             k = _clamp(best - self._step, cap)
         self.explorations += k != best
         return self._asked(k)
+
+    def can_pay(self, cap: int) -> bool:
+        """Whether some block of 1..cap tokens, every one accepted, would commit tokens faster than not
+        drafting: if none would, only a change of costs, not of acceptance, can make drafting pay."""
+        alone = 1.0 / max(self.expected_seconds(0), 1e-9)
+        return any((k + 1) / max(self.expected_seconds(k), 1e-9) > alone for k in range(1, cap + 1))
 
     @property
     def reach(self) -> int:
@@ -676,6 +698,7 @@ class Goodput(_Tally):
             },
             "best_k": self.best(self.max_block) if self.verify_cost.samples else None,
             "probes": self.probes,
+            "can_pay": self.can_pay(min(self.max_block, self.reach)) if self.verify_cost.samples else None,
             "explorations": self.explorations,
             **({"calibration": self.costs.calibration.table()} if self.stop_on_confidence else {}),
         }
