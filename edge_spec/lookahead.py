@@ -432,6 +432,7 @@ class CostModel:
         self.trials = np.zeros(max_block)  # [max_block] decayed reached counts by drafted position
         self.calibration = Calibration()  # acceptance by the drafter's top-1 (a model drafter's rounds)
         self.hopeless = 0  # rounds since the last probe in which drafting could not pay (Goodput.can_pay)
+        self.hopeless_gap: int | None = None  # rounds between such probes now (None: hopeless_every)
 
 
 class Goodput(_Tally):
@@ -468,9 +469,11 @@ class Goodput(_Tally):
     proposals; a winning k > 0 resets the interval. Where no block would beat not drafting even if every
     drafted token were accepted (`can_pay` is False: verification costs about as much per token as
     decoding alone, as on a 2-core AMD EPYC, where 5 tokens of the 1.5B cost 4.2x one), better acceptance
-    cannot help and only a change of costs could: a probe then goes out once in `max_hopeless` such
-    rounds of the cost model, across generations. A probe after a pause also costs the drafter a catch-up
-    decode of every token it missed (there: a fifth of the decode time, with 4 probes a generation).
+    cannot help and only a change of costs could: a probe then goes out after `hopeless_every` such
+    rounds of the cost model, counted across generations, then after twice as many while drafting still
+    cannot pay (up to `max_hopeless_every`). A probe after a pause also costs the drafter a catch-up
+    decode of every token it missed (there: 0.35-0.67 s, a tenth of a 128-token generation; with 4 probes
+    a generation the 0.5B draft cost a fifth of the decode time).
 
     Over a drafter that reports each token's top-1 probability (`stop_on_confidence`, set by
     fit_to_proposer), a chosen block also stops early (keep_drafting): after each token, drafting goes on
@@ -490,7 +493,8 @@ class Goodput(_Tally):
         probe_k: int = 4,
         max_probe_every: int = 64,
         max_explore_every: int = 64,
-        max_hopeless: int = 256,
+        hopeless_every: int = 256,
+        max_hopeless_every: int = 4096,
         memory: float = 0.9,
         prior_acceptance: float = 0.6,
         prior_weight: float = 2.0,
@@ -518,7 +522,8 @@ class Goodput(_Tally):
         self.probe_k = probe_k  # block length of a re-probe while k = 0 wins
         self.max_probe_every = max_probe_every  # longest run of k = 0 rounds between probes
         self.max_explore_every = max_explore_every  # longest interval between explorations
-        self.max_hopeless = max_hopeless  # rounds between probes while drafting cannot pay (see can_pay)
+        self.hopeless_every = hopeless_every  # rounds before a probe once drafting cannot pay (see can_pay)
+        self.max_hopeless_every = max_hopeless_every  # longest such interval (doubles while it cannot)
         self.memory = memory  # per-round decay of the acceptance evidence (0.9: about the last 10 rounds)
         self.prior_acceptance = prior_acceptance  # acceptance assumed before any proposal is verified
         self.prior_weight = prior_weight  # pseudo-observations behind that prior
@@ -609,13 +614,15 @@ class Goodput(_Tally):
         cap = min(cap, self.reach)
         best = self.best(cap)
         if best == 0 and not self.can_pay(cap):
+            gap = self.costs.hopeless_gap or self.hopeless_every
             self.costs.hopeless += 1
-            if self.costs.hopeless < self.max_hopeless:
+            if self.costs.hopeless < gap:
                 return self._asked(0)
             self.costs.hopeless = 0
+            self.costs.hopeless_gap = min(2 * gap, self.max_hopeless_every)
             self.probes += 1
             return self._asked(min(self.probe_k, cap))
-        self.costs.hopeless = 0
+        self.costs.hopeless, self.costs.hopeless_gap = 0, None
         if best == 0:
             self.zero_run += 1
             if self.zero_run < self.probe_every:

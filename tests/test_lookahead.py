@@ -519,12 +519,12 @@ def test_goodput_reprobes_after_zeros_with_backoff() -> None:
 def test_goodput_stops_probing_where_costs_alone_rule_drafting_out() -> None:
     """Verification about as dear per token as decoding alone (a 2-core AMD EPYC: 29, 54, 80, 110 and
     122 ms for 1-5 tokens of the 1.5B) and a draft token at 20 ms: even blocks accepted whole lose, so
-    after the first generation's warm-up goodput does not draft, and probes once in max_hopeless rounds
-    across the generations of one cost model instead of 4 times in each 128-round generation."""
+    after the first generation's warm-up goodput does not draft, and probes after 256 rounds, then 512,
+    counted across the generations of one cost model, instead of 4 times in each 128-round generation."""
     factory = parse_lookahead("goodput")
     verify = [0.029, 0.054, 0.080, 0.110, 0.122] + [0.03 * n for n in range(6, 18)]  # [n - 1] seconds
     ks: list[int] = []
-    for _ in range(5):
+    for _ in range(8):
         policy = factory()
         for _ in range(128):
             k = policy.next_block(64)
@@ -532,7 +532,7 @@ def test_goodput_stops_probing_where_costs_alone_rule_drafting_out() -> None:
             policy.observe(RoundReport(k, k, k, 0.02 * k, verify[k]))
     assert not policy.can_pay(16) and policy.summary()["can_pay"] is False
     probes = [i for i, k in enumerate(ks) if i >= 8 and k > 0]
-    assert probes == [8 + 255, 8 + 255 + 256]  # max_hopeless = 256: a probe in 2 generations, not 8
+    assert probes == [8 + 255, 8 + 255 + 512]  # 2 probes in 8 generations, not 32
 
 
 def test_goodput_recovers_when_acceptance_improves() -> None:
