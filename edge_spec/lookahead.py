@@ -31,11 +31,12 @@ import numpy as np
 
 from edge_spec.errors import ConfigError
 
-# The best policy measured over both proposers (bench/README.md, 2026-11-22 runs A-C, Qwen2.5-Coder 0.5B
-# or an n-gram under the 1.5B on a 2-core CPU, 10 prompts per class): within 5% of the best fixed length
-# on every class with either proposer in runs A and B (C: 8% behind on rewrites with the 0.5B); overall
-# 1.00x against fixed:3's 0.94x with the n-gram; with the 0.5B level: 1.05x against 1.01x (run A), 1.02x
-# against 1.05x (B), 1.01x against 1.05x (C), paired over the three 1.002x.
+# The best policy measured over both proposers (bench/README.md; Qwen2.5-Coder 0.5B or an n-gram under the
+# 1.5B on 2-core CPUs, 10 prompts per class). Xeon, 2026-11-22 runs A-C: within 5% of the best fixed length
+# on every class with either proposer in A and B (C: 8% behind on rewrites with the 0.5B); overall 1.00x
+# against fixed:3's 0.94x with the n-gram, level with the 0.5B (paired over the three runs 1.002x). AMD
+# EPYC, 2026-12-01, where no block pays: ahead of fixed:3 on every class (0.95x against 0.61x with the 0.5B,
+# 0.92x against 0.62x with the n-gram; fixed:4 lower still).
 DEFAULT_LOOKAHEAD = "goodput"
 
 LOOKAHEAD_HELP = (
