@@ -507,6 +507,11 @@ class Goodput(_Tally):
         _check_max_block(max_block)
         if not (isinstance(explore_every, int) and explore_every >= 2):
             raise ConfigError(f"goodput explore_every must be an integer >= 2, got {explore_every!r}")
+        if not (isinstance(hopeless_every, int) and 1 <= hopeless_every <= max_hopeless_every):
+            raise ConfigError(
+                f"goodput needs integers 1 <= hopeless_every <= max_hopeless_every, got {hopeless_every!r} "
+                f"and {max_hopeless_every!r}"
+            )
         if not warmup or any(not (isinstance(k, int) and k >= 0) for k in warmup):
             raise ConfigError(f"goodput warm-up lengths must be integers >= 0, got {warmup!r}")
         if not (isinstance(probe_k, int) and probe_k >= 1):

@@ -535,6 +535,12 @@ def test_goodput_stops_probing_where_costs_alone_rule_drafting_out() -> None:
     assert probes == [8 + 255, 8 + 255 + 512]  # 2 probes in 8 generations, not 32
 
 
+@pytest.mark.parametrize(("every", "most"), [(0, 4096), (512, 256), (2.5, 4096)])
+def test_goodput_rejects_bad_hopeless_intervals(every: float, most: int) -> None:
+    with pytest.raises(ConfigError, match="hopeless_every"):
+        Goodput(hopeless_every=every, max_hopeless_every=most)
+
+
 def test_goodput_recovers_when_acceptance_improves() -> None:
     """Acceptance jumps from 0 to 0.95 (e.g. the output starts quoting the prompt): a probe finds it."""
     policy = Goodput(explore_every=8, max_probe_every=32)
