@@ -626,17 +626,15 @@ class Goodput(_Tally):
                 return self._asked(0)
             self.costs.hopeless = 0
             self.costs.hopeless_gap = min(2 * gap, self.max_hopeless_every)
-            self.probes += 1
-            return self._asked(min(self.probe_k, cap))
+            return self._probe(cap)
         self.costs.hopeless, self.costs.hopeless_gap = 0, None
         if best == 0:
             self.zero_run += 1
             if self.zero_run < self.probe_every:
                 return self._asked(0)
             self.zero_run = 0
-            self.probes += 1
             self.probe_every = min(2 * self.probe_every, self.max_probe_every)
-            return self._asked(min(self.probe_k, cap))
+            return self._probe(cap)
         self.zero_run = 0
         self.probe_every = self.explore_every
         self._rate = self.expected_tokens(best) / max(self.expected_seconds(best), 1e-9)
@@ -656,6 +654,11 @@ class Goodput(_Tally):
             k = _clamp(best - self._step, cap)
         self.explorations += k != best
         return self._asked(k)
+
+    def _probe(self, cap: int) -> int:
+        """A block of probe_k tokens sent while not drafting wins, to measure acceptance and costs anew."""
+        self.probes += 1
+        return self._asked(min(self.probe_k, cap))
 
     def can_pay(self, cap: int) -> bool:
         """Whether some block of 1..cap tokens, every one accepted, would commit tokens faster than not
