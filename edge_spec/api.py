@@ -19,8 +19,10 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_spec.backend import Tier, TierConfig
+from edge_spec import checks
+from edge_spec.backend import MAX_THREADS, Tier, TierConfig
 from edge_spec.chat import Message, as_messages, render
+from edge_spec.checks import stage_count
 from edge_spec.errors import ConfigError, ContextOverflowError, EdgeSpecError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, parse_lookahead
 from edge_spec.proposers import ModelDrafter, NgramProposer, Proposer
@@ -60,6 +62,22 @@ class LoadOptions:
     draft_block: int | None = None  # fixed block at the bottom stage (= lookahead fixed:K there)
     qualifier_block: int | None = None  # fixed block the qualifier hands the target (3 tiers only)
 
+    def __post_init__(self) -> None:
+        """Every option's type and range, named as the CLI's; per-stage values are checked by `stages`."""
+        checks.integer("ctx", self.ctx)
+        checks.integer("batch", self.batch)
+        checks.integer("gpu_layers", self.gpu_layers)
+        checks.text("cache_type", self.cache_type)
+        checks.flag("flash_attn", self.flash_attn, optional=True)
+        checks.integer("threads", self.threads, least=0, most=MAX_THREADS)
+        for option in ("accept", "divergence", "lookahead"):
+            checks.text(option, getattr(self, option))
+        checks.number("tau_q", self.tau_q, least=0)
+        checks.number("tau_t", self.tau_t, least=0)
+        checks.optional_integer("draft_block", self.draft_block, least=0)
+        checks.optional_integer("qualifier_block", self.qualifier_block, least=0)
+        self.tier_config()
+
     @classmethod
     def pick(cls, values: Mapping[str, Any]) -> LoadOptions:
         """The load options among `values` (e.g. the CLI's parsed parameters); other keys are ignored."""
@@ -86,6 +104,51 @@ class LoadOptions:
             StageConfig(rule, tau, self.divergence, lookahead=look)
             for rule, tau, look in zip(rules, taus, lookaheads, strict=True)
         ]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The checked options of one generation (see `Pyramid.stream`)."""
+
+    max_tokens: int
+    sampling: SamplingConfig
+    stop: tuple[str, ...]
+    raw: bool
+
+
+def check_generation(
+    *,
+    max_tokens: int = 256,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    seed: int | None = None,
+    stop: str | Sequence[str] = (),
+    raw: bool = False,
+    sampling: SamplingConfig | None = None,
+) -> Generation:
+    """The options of `Pyramid.stream`, checked without a model: ConfigError names the first bad one."""
+    checks.integer("max_tokens", max_tokens, least=1)
+    given = {
+        "temperature": None if temperature is None else checks.number("temperature", temperature, least=0),
+        "top_k": checks.optional_integer("top_k", top_k, least=0),
+        "top_p": None if top_p is None else checks.number("top_p", top_p),
+        "min_p": None if min_p is None else checks.number("min_p", min_p),
+        "seed": checks.optional_integer("seed", seed, least=0),
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if sampling is not None:
+        if given:
+            raise ConfigError(f"give either sampling= or {', '.join(given)}, not both")
+        if not isinstance(sampling, SamplingConfig):
+            raise ConfigError(f"sampling must be a SamplingConfig, got {sampling!r}")
+        checks.optional_integer("seed", sampling.seed, least=0)
+    stops = (stop,) if isinstance(stop, str) else stop
+    if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) for s in stops):
+        raise ConfigError(f"{checks.named('stop')} must be a string or a list of strings, got {stop!r}")
+    checks.flag("raw", raw)
+    return Generation(max_tokens, sampling or SamplingConfig(**given), tuple(stops), raw)
 
 
 def _per_stage(option: str, value: str, n_stages: int) -> list[str]:
@@ -132,8 +195,7 @@ class Pyramid:
         draft: Tier | str | None = None,
         stages: Sequence[StageConfig] | None = None,
     ) -> None:
-        if qualifier is not None and draft is None:
-            raise ConfigError("a qualifier needs a draft below it (--draft PATH or --draft ngram)")
+        n_stages = stage_count(draft, qualifier)
         if isinstance(draft, str) and draft != NGRAM:
             raise ConfigError(f"draft must be a model or {NGRAM!r}, got {draft!r}")
         self.target, self.qualifier, self.draft = target, qualifier, draft
@@ -141,10 +203,9 @@ class Pyramid:
         for i, upper in enumerate(self.models):  # every pair: compatibility is not transitive
             for lower in self.models[:i]:
                 upper.check_compatible(lower)
-        n_stages = (draft is not None) + (qualifier is not None)
-        self.stages = list(stages) if stages is not None else [StageConfig()] * max(n_stages, 1)
-        if len(self.stages) != max(n_stages, 1):
-            raise ConfigError(f"{len(self.models)} tiers need {max(n_stages, 1)} stage settings")
+        self.stages = list(stages) if stages is not None else [StageConfig()] * n_stages
+        if len(self.stages) != n_stages:
+            raise ConfigError(f"{len(self.models)} tiers need {n_stages} stage settings")
         self._policies = [parse_lookahead(s.lookahead) for s in self.stages]  # goodput costs persist
         self._lock = threading.Lock()  # held by the one generation under way, from start to end
         self._computing = threading.Lock()  # held while that generation computes (not while it yields)
@@ -203,9 +264,13 @@ class Pyramid:
         if unknown:
             known = ", ".join(f.name for f in dataclasses.fields(LoadOptions))
             raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {known}")
+        if options is not None and not isinstance(options, LoadOptions):
+            raise ConfigError(f"options must be a LoadOptions, got {options!r}")
+        for role, ref in (("target", target), ("draft", draft), ("qualifier", qualifier)):
+            if ref is not None and not isinstance(ref, (str, os.PathLike)):
+                raise ConfigError(f"{role} must be a model reference (a path or a name), got {ref!r}")
         opts = dataclasses.replace(options or LoadOptions(), **overrides)
-        n_stages = (draft is not None) + (qualifier is not None)
-        stages = opts.stages(max(n_stages, 1))
+        stages = opts.stages(stage_count(draft, qualifier))
         config = opts.tier_config()
         d = None if draft is None else NGRAM if os.fspath(draft) == NGRAM else resolve(draft)
         q = None if qualifier is None else resolve(qualifier)
@@ -289,24 +354,29 @@ class Pyramid:
         `prompt` is a string (sent as one user message through the chat template, or as-is with `raw`) or
         a message list. Sampling: `temperature` (default 0 = greedy), `top_k`, `top_p`, `min_p`, `seed`
         (defaults as in SamplingConfig), or a whole `sampling` config instead. `stop`: a stop string or
-        several. The prompt and options are checked here, before the first piece is asked for.
+        several. The prompt and options are checked here, before the first piece is asked for: bad ones
+        raise ConfigError (see `check_generation`) and leave the pyramid as it was.
         """
-        if max_tokens < 1:
-            raise ConfigError(f"max tokens must be at least 1, got {max_tokens}")
-        flat = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "seed": seed}
-        given = {k: v for k, v in flat.items() if v is not None}
-        if sampling is not None and given:
-            raise ConfigError(f"give either sampling= or {', '.join(given)}, not both")
-        sampling = sampling or SamplingConfig(**given)
-        stops = [stop] if isinstance(stop, str) else list(stop)
-        prompt_ids = self.encode(prompt, raw)
+        g = check_generation(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            seed=seed,
+            stop=stop,
+            raw=raw,
+            sampling=sampling,
+        )
+        prompt_ids = self.encode(prompt, g.raw)
         room = self.n_ctx - len(prompt_ids)
         if room < 1:
             raise ContextOverflowError(
                 f"the prompt is {len(prompt_ids)} tokens but the context holds {self.n_ctx}; "
                 "shorten it or raise --ctx"
             )
-        return self._locked(self._generate(prompt_ids, min(max_tokens, room), max_tokens, sampling, stops))
+        max_new = min(g.max_tokens, room)
+        return self._locked(self._generate(prompt_ids, max_new, g.max_tokens, g.sampling, g.stop))
 
     def _locked(self, generation: Generator[str, None, Result]) -> Generator[str, None, Result]:
         """Run `generation` holding the pyramid, and `_computing` whenever it is not waiting at a yield."""
@@ -335,9 +405,15 @@ class Pyramid:
     ) -> Generator[str, None, Result]:
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
         t0 = time.perf_counter()
-        if len(prompt_ids) > 1:
-            for tier in self.models:
-                tier.score(prompt_ids[:-1], 1)
+        try:
+            if len(prompt_ids) > 1:
+                for tier in self.models:
+                    tier.score(prompt_ids[:-1], 1)
+        except KeyboardInterrupt:
+            stats.finish_reason = "interrupted"
+            stats.prefill_seconds = time.perf_counter() - t0
+            self.last_result = Result("", [], stats)
+            raise
         t1 = time.perf_counter()
         stats.prefill_seconds = t1 - t0
         before = {t.path.name: t.decode_seconds for t in self.models}
@@ -352,8 +428,8 @@ class Pyramid:
                     if self.target.is_eog(token):
                         stats.finish_reason = "stop"
                         break
-                    out_ids.append(token)
                     piece = text.feed(self.target.piece(token))
+                    out_ids.append(token)
                     if piece:
                         yield piece
                     if text.stopped:
@@ -380,7 +456,7 @@ class Pyramid:
 
     def generate(self, prompt: str | Sequence[Message], **options: Any) -> Result:
         """Generate to the end and return the Result (prompt and options as in `stream`)."""
-        gen = self.stream(prompt, **options)
+        gen = self.stream(prompt, **_known(options))
         while True:
             try:
                 next(gen)
@@ -391,7 +467,7 @@ class Pyramid:
         """An OpenAI-style chat completion (object "chat.completion") answering `messages`; options as in
         `stream` (OpenAI's max_tokens, temperature, top_p, seed and stop carry over). finish_reason is
         "stop" (end of text or a stop string) or "length" (max_tokens or the context window)."""
-        result = self.generate(messages, **options)
+        result = self.generate(messages, **_known(options))
         prompt_tokens = result.stats.prompt_tokens
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -425,6 +501,15 @@ class Pyramid:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _known(options: dict[str, Any]) -> dict[str, Any]:
+    """`options`, unless one is not an option of `Pyramid.stream` (ConfigError naming the known ones)."""
+    unknown = sorted(set(options) - {*GENERATE_OPTIONS, "sampling"})
+    if unknown:
+        known = ", ".join([*GENERATE_OPTIONS, "sampling"])
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {known}")
+    return options
 
 
 def _verifiers(top: Verifier) -> Iterator[Verifier]:

@@ -12,12 +12,15 @@ import ctypes
 import hashlib
 import os
 import re
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import FrameType
 
 import llama_cpp as lc
 import numpy as np
@@ -39,11 +42,16 @@ CACHE_TYPES = {
 """KV cache element types: q8_0 / q4_0 save memory and need flash attention; f32 (with flash attention off)
 makes batched and single-token decodes agree to ~1e-5, for exactness checks."""
 
+MAX_THREADS = 512
+"""The most CPU threads llama.cpp runs (GGML_MAX_N_THREADS)."""
+
 VOCAB_MAX_SIZE_DIFFERENCE = 128
 """llama.cpp's limit on the vocabulary size difference between a draft and its target."""
 VOCAB_CHECK_START_TOKEN_ID = 5
 """llama.cpp compares token texts from this id upward (the first ids are often special tokens)."""
 
+_ALL_LAYERS = 10_000
+"""n_gpu_layers that puts every layer of any model on the GPU."""
 _LOG_TAIL: deque[str] = deque(maxlen=8)
 _LOG_WARN, _LOG_ERROR = 3, 4  # ggml_log_level values (ggml.h)
 
@@ -55,9 +63,32 @@ def _log_to_tail(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         _LOG_TAIL.append(text.decode("utf-8", "replace").strip())
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
+    """Run a llama.cpp call that calls back into Python (its log, load progress) with Ctrl-C noted, not
+    raised: a KeyboardInterrupt raised inside a ctypes callback is printed and dropped by ctypes, and the
+    call would run on as if no key was pressed. The block gets a function that says whether Ctrl-C was
+    pressed (a progress callback returns False on it to stop a load); when the block ends, the Python
+    SIGINT handler runs (KeyboardInterrupt by default), replacing any error the stopped call caused.
+    Outside the main thread, or with SIGINT ignored or left to the OS, nothing changes."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield lambda: False
+        return
+    pressed: list[tuple[int, FrameType | None]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append((signum, frame)))
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pressed:
+            previous(*pressed[0])
+
+
 def _init_backend() -> None:
     lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))
-    lc.llama_backend_init()
+    with _ctrl_c_deferred():
+        lc.llama_backend_init()
 
 
 _init_backend()
@@ -114,9 +145,9 @@ class TierConfig:
 
     def __post_init__(self) -> None:
         if self.n_ctx < 16:
-            raise ConfigError(f"context length must be at least 16 tokens, got {self.n_ctx}")
+            raise ConfigError(f"context length (--ctx) must be at least 16 tokens, got {self.n_ctx}")
         if self.n_batch < 1:
-            raise ConfigError(f"batch size must be positive, got {self.n_batch}")
+            raise ConfigError(f"batch size (--batch) must be positive, got {self.n_batch}")
         if self.cache_type not in CACHE_TYPES:
             raise ConfigError(
                 f"KV cache type must be one of {', '.join(CACHE_TYPES)}, got {self.cache_type!r}"
@@ -124,7 +155,7 @@ class TierConfig:
         if self.cache_type in ("q8_0", "q4_0") and self.flash_attn is False:
             raise ConfigError(f"a {self.cache_type} KV cache needs flash attention; drop --no-flash-attn")
         if self.n_gpu_layers < -1:
-            raise ConfigError(f"GPU layers must be -1 (all) or >= 0, got {self.n_gpu_layers}")
+            raise ConfigError(f"GPU layers (--gpu-layers) must be -1 (all) or >= 0, got {self.n_gpu_layers}")
 
 
 def _check_gguf_file(path: Path) -> None:
@@ -166,20 +197,26 @@ class Tier:
         _check_gguf_file(self.path)
         _LOG_TAIL.clear()
         mparams = lc.llama_model_default_params()
-        want_layers = self.config.n_gpu_layers
-        self.n_gpu_layers = 0 if not gpu_available() else (10_000 if want_layers < 0 else want_layers)
+        want_layers = min(self.config.n_gpu_layers, _ALL_LAYERS)
+        self.n_gpu_layers = 0 if not gpu_available() else (_ALL_LAYERS if want_layers < 0 else want_layers)
         mparams.n_gpu_layers = self.n_gpu_layers
         mparams.use_extra_bufts = _use_extra_buffer_types()
-        self._model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
-        if not self._model:
-            raise ModelError(f"llama.cpp could not load {self.path} (corrupt or truncated?){_llama_error()}")
-        self._ctx = None
-        self._batch = None
-        try:
-            self._open_context()
-        except Exception:
-            self.close()
-            raise
+        self._model = self._ctx = self._batch = None
+        with _ctrl_c_deferred() as pressed:  # Ctrl-C stops the load and raises KeyboardInterrupt
+            progress = lc.llama_progress_callback(lambda _fraction, _data: not pressed())
+            mparams.progress_callback = progress
+            self._model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
+            if not self._model:
+                raise ModelError(
+                    f"llama.cpp could not load {self.path} (corrupt or truncated?){_llama_error()}"
+                )
+            try:
+                self._open_context()
+            except BaseException:
+                self.close()
+                raise
+            if pressed():
+                self.close()
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab: int = lc.llama_vocab_n_tokens(self._vocab)
         self.n_layer: int = lc.llama_model_n_layer(self._model)
@@ -310,7 +347,10 @@ class Tier:
         """Text to token ids. `add_bos` adds BOS when the model wants one; `special` parses control tokens
         written as text (chat template markers)."""
         self._require_open()
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ConfigError(f"the text is not valid Unicode ({e.reason} at character {e.start})") from None
         cap = len(data) + 8
         buf = (lc.llama_token * cap)()
         n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
@@ -486,7 +526,7 @@ def _captured_log() -> Iterator[list[tuple[int, bytes]]]:
 def measure_allocation(path: str | os.PathLike[str], config: TierConfig | None = None) -> dict[str, int]:
     """Load a tier and report what llama.cpp allocated, in bytes: "weights" (llama_model_size) and the
     buffers llama.cpp logs while loading, as "<kind>:<buffer>" (e.g. "KV:CPU", "compute:CPU")."""
-    with _captured_log() as records, Tier(path, config) as tier:
+    with _captured_log() as records, Tier(path, config) as tier:  # Tier defers Ctrl-C itself
         sizes = {"weights": int(lc.llama_model_size(tier._model))}
     for m in _BUFFER_LINE.finditer(b"".join(text for _, text in records)):
         key = f"{m[2].decode()}:{m[1].decode()}"
@@ -582,7 +622,7 @@ def quantize(
     if prune_layers:
         params.prune_layers = ctypes.cast(pruned, ctypes.POINTER(ctypes.c_int32))
 
-    with _captured_log() as records:
+    with _captured_log() as records, _ctrl_c_deferred():  # llama.cpp cannot stop a quantization midway
         rc = lc.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
 
     def logged(level: int) -> str:

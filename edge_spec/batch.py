@@ -36,7 +36,6 @@ from tqdm import tqdm
 from edge_spec.api import Pyramid
 from edge_spec.chat import as_messages
 from edge_spec.errors import ConfigError, EdgeSpecError
-from edge_spec.sampling import SamplingConfig
 
 try:
     import fcntl
@@ -56,6 +55,8 @@ SETTING_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "raw": ((bool,), "true or false"),
 }
 """The JSON types of the per-line settings (GENERATE_OPTIONS); their values are checked by the generation."""
+_RECORD_START = b'{"id": '
+"""How every record this module writes begins: a last line without a newline that begins so is torn."""
 
 
 @dataclass
@@ -144,26 +145,26 @@ def _settings(obj: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def check_defaults(defaults: Mapping[str, Any]) -> None:
-    """Raise ConfigError for run-wide generation options that would fail every line."""
-    if defaults["max_tokens"] < 1:
-        raise ConfigError(f"max tokens must be at least 1, got {defaults['max_tokens']}")
-    SamplingConfig(**{k: defaults[k] for k in ("temperature", "top_k", "top_p", "min_p", "seed")})
-
-
 class Output:
     """The output file: complete JSON records, one per line, each appended with one write + fsync.
 
-    Opening it cuts off a torn last line (a run killed mid-write), reads which jobs are done, and takes
-    an exclusive lock (POSIX) so that two runs cannot append to the same file.
+    Opening it reads which jobs are done and takes an exclusive lock (POSIX) so that two runs cannot
+    append to the same file. Nothing in the file changes until the first record is appended: only then is
+    a torn last line (a run killed mid-write) cut off. A file that is not a batch output (a line that is
+    no record, or a last line that is not the start of one) is refused, never truncated. A file that
+    opening created is removed again when the run stops with an error before writing to it.
     """
 
     def __init__(self, path: Path, input_path: Path | None = None) -> None:
         self.path = path
         if input_path is not None and path.exists() and input_path.exists() and path.samefile(input_path):
             raise ConfigError(f"the output file is the input file: {path}")
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                self._fd, self._created = os.open(path, flags | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                self._fd, self._created = os.open(path, flags, 0o644), False
         except OSError as e:
             raise EdgeSpecError(f"cannot write the output file {path}: {e.strerror}") from None
         try:
@@ -172,29 +173,31 @@ class Output:
                     fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise EdgeSpecError(f"another run is writing {path}") from None
-            self.records = self._recover()
+            self.records, self._torn_at = self._read()
         except BaseException:
-            os.close(self._fd)
+            self.close(failed=True)
             raise
 
-    def _recover(self) -> list[dict[str, Any]]:
-        """The complete records already in the file, after cutting off a torn last line."""
+    def _read(self) -> tuple[list[dict[str, Any]], int | None]:
+        """The complete records already in the file, and where a torn last line begins (None: none)."""
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
         records = []
-        for n, raw in enumerate(data[:end].splitlines(), 1):
-            try:
-                record = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                record = None
-            if not (isinstance(record, dict) and "id" in record and "error" in record):
+        lines = data[:end].splitlines()
+        for n, raw in enumerate(lines, 1):
+            record = _record_in(raw)
+            if record is None:
                 raise EdgeSpecError(
                     f"{self.path} line {n} is not a batch output record; fix it or write to a new file"
                 )
             records.append(record)
-        if end < len(data):
-            os.ftruncate(self._fd, end)
-        return records
+        tail = data[end:]
+        if tail and not _torn(tail):
+            raise EdgeSpecError(
+                f"{self.path} line {len(lines) + 1} (the last, without a newline) is not a batch output "
+                "record; fix it or write to a new file"
+            )
+        return records, end if tail else None
 
     def done(self) -> dict[str, bool]:
         """Key -> whether that record is an error, for every record in the file."""
@@ -202,6 +205,9 @@ class Output:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record as one complete line and flush it to disk."""
+        if self._torn_at is not None:
+            os.ftruncate(self._fd, self._torn_at)
+            self._torn_at = None
         data = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode())
         while data:
             data = data[os.write(self._fd, data) :]
@@ -226,14 +232,38 @@ class Output:
         os.replace(tmp, self.path)
         self.records = [self.records[i] for i in order]
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Release the file; after a `failed` run, remove it if opening created it and it is still empty."""
+        if failed and self._created and os.fstat(self._fd).st_size == 0:
+            self.path.unlink(missing_ok=True)
         os.close(self._fd)
 
     def __enter__(self) -> Output:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=exc_type is not None)
+
+
+def _record_in(line: bytes) -> dict[str, Any] | None:
+    """The output record `line` holds, or None when it holds none."""
+    try:
+        record = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and "id" in record and "error" in record else None
+
+
+def _torn(tail: bytes) -> bool:
+    """Whether `tail`, a last line without a newline, is a record cut short by a killed run: it begins as
+    every record does and is either no complete JSON value or a whole record."""
+    if not (tail.startswith(_RECORD_START) or _RECORD_START.startswith(tail)):
+        return False
+    try:
+        json.loads(tail)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return True
+    return _record_in(tail) is not None
 
 
 @dataclass

@@ -50,6 +50,8 @@ def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
     """A bare prompt becomes one user message; a message list is checked and copied."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
+        raise ConfigError(f"a prompt must be a string or a list of messages, got {type(prompt).__name__}")
     messages = []
     for m in prompt:
         if not (

@@ -4,11 +4,12 @@ fetch (cache a carried model) and derive (write a requantized or layer-pruned dr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from edge_spec.errors import EdgeSpecError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, LOOKAHEAD_HELP
 
 if TYPE_CHECKING:
-    from edge_spec.api import Pyramid
+    from edge_spec.api import Pyramid, Result
 
 EXIT_SOME_FAILED = 1  # batch: some lines failed
 EXIT_ERROR = 2
@@ -26,8 +27,21 @@ EXIT_INTERRUPTED = 130
 
 
 def _fail(message: str) -> None:
+    _status("")
     click.echo(f"edge-spec: error: {message}", err=True)
     sys.exit(EXIT_ERROR)
+
+
+def _interrupted(note: str = "") -> None:
+    _status("")
+    click.echo(f"edge-spec: interrupted{note}", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def _status(text: str) -> None:
+    """Show `text` as a status line that the next stderr line replaces, on a terminal only ("" clears it)."""
+    if sys.stderr.isatty():
+        click.echo(f"\r\033[K{text}", nl=False, err=True)
 
 
 def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,19 +59,87 @@ def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@contextlib.contextmanager
+def _one_line_exits() -> Iterator[None]:
+    """Click's usage errors as one line and exit status 2 (not click's three-line block); Ctrl-C where no
+    command handles it as exit status 130 (not click's "Aborted!" and status 1)."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # `edge-spec` alone: the help text, as click shows it
+    except click.ClickException as e:
+        message = " ".join(e.format_message().split()).rstrip(".")
+        ctx = getattr(e, "ctx", None)
+        hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+        _fail(message[:1].lower() + message[1:] + hint)
+    except KeyboardInterrupt:
+        _interrupted()
+
+
+class _Main(click.Group):
+    """The command group, with `_one_line_exits` around parsing and every command."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line_exits():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_exits():
+            return super().invoke(ctx)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edge-spec")
 def main() -> None:
     """Speculative decoding for local GGUF models on llama.cpp."""
 
 
-def _open_pyramid(o: dict[str, Any]) -> Pyramid:
-    """The pyramid that the model and stage options name (run and batch share them)."""
-    from edge_spec.api import LoadOptions, Pyramid
+def _check_options(o: dict[str, Any]) -> None:
+    """Apply the preset, then check every option of run or batch before any model is looked at: the
+    first bad one raises ConfigError."""
+    from edge_spec.api import LoadOptions, check_generation
+    from edge_spec.checks import stage_count
+    from edge_spec.memory import parse_size
 
-    refs = dict(draft=o["draft_ref"], qualifier=o["qualifier_ref"])
-    options = LoadOptions.pick(o)
-    return Pyramid.open(o["target_ref"], **refs, options=options, tier_configs=o.get("tier_configs"))
+    if o["preset"] is not None:
+        _apply_preset(o["preset"], o)
+    check_generation(**_generate_options(o))
+    LoadOptions.pick(o).stages(stage_count(o["draft_ref"], o["qualifier_ref"]))
+    if o["budget"] is not None:
+        parse_size(o["budget"])
+
+
+def _open_pyramid(o: dict[str, Any]) -> Pyramid:
+    """The pyramid that the model and stage options name (run and batch share them), with a status line
+    on a terminal while the models load."""
+    from edge_spec.api import NGRAM, LoadOptions, Pyramid
+    from edge_spec.models import DEFAULT_MODEL, resolve
+
+    refs = {
+        "target": o["target_ref"] or DEFAULT_MODEL,
+        "draft": o["draft_ref"],
+        "qualifier": o["qualifier_ref"],
+    }
+    paths = {role: ref if ref in (None, NGRAM) else resolve(ref) for role, ref in refs.items()}
+    names = [Path(p).name for p in paths.values() if p not in (None, NGRAM)]
+    _status(f"edge-spec: loading {', '.join(names)} ...")
+    pyr = Pyramid.open(
+        paths["target"],
+        draft=paths["draft"],
+        qualifier=paths["qualifier"],
+        options=LoadOptions.pick(o),
+        tier_configs=o.get("tier_configs"),
+    )
+    _status("")
+    return pyr
+
+
+def _context_note(pyr: Pyramid, o: dict[str, Any]) -> None:
+    """Say so on stderr when the context is shorter than a given --ctx (capped at the training length)."""
+    given = click.get_current_context().get_parameter_source("ctx") != click.core.ParameterSource.DEFAULT
+    if given and pyr.n_ctx < o["ctx"]:
+        trained = f"--ctx {o['ctx']} is more than the models were trained on"
+        click.echo(f"edge-spec: context {pyr.n_ctx} tokens: {trained}", err=True)
 
 
 def _generate_options(o: dict[str, Any]) -> dict[str, Any]:
@@ -139,30 +221,44 @@ def _tier_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_clean_errors
 def run(prompt: str, **o: Any) -> None:
     """Generate an answer to PROMPT, streamed to stdout; stats go to stderr."""
-    if o["preset"] is not None:
-        _apply_preset(o["preset"], o)
-    if o["budget"] is not None:
-        _apply_budget(o)
-    with _open_pyramid(o) as pyr:
-        pieces = pyr.stream(prompt, **_generate_options(o))  # checks the prompt and options before printing
-        click.echo("edge-spec: " + ", ".join(f"{t.path.name} on {t.device}" for t in pyr.models), err=True)
-        try:
-            for piece in pieces:
-                if not o["as_json"]:
-                    click.echo(piece, nl=False)
-                    sys.stdout.flush()
-        except KeyboardInterrupt:
-            pieces.close()  # Ctrl-C may land while a piece is printed: end the generation to get its stats
-            click.echo()
-            if pyr.last_result is not None:
-                click.echo(f"edge-spec: interrupted; {pyr.last_result.stats.line()}", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        assert pyr.last_result is not None
-        if o["as_json"]:
-            click.echo(json.dumps(pyr.last_result.to_dict()))
-        else:
-            click.echo()
-        click.echo(f"edge-spec: {pyr.last_result.stats.line()}", err=True)
+    _check_options(o)
+    pyr: Pyramid | None = None
+    try:
+        if o["budget"] is not None:
+            _apply_budget(o)
+        pyr = _open_pyramid(o)
+        with pyr:
+            pieces = pyr.stream(prompt, **_generate_options(o))  # checks the prompt before printing
+            click.echo(
+                "edge-spec: " + ", ".join(f"{t.path.name} on {t.device}" for t in pyr.models), err=True
+            )
+            _context_note(pyr, o)
+            try:
+                for piece in pieces:
+                    if not o["as_json"]:
+                        click.echo(piece, nl=False)
+                        sys.stdout.flush()
+            finally:
+                pieces.close()  # Ctrl-C may land while a piece is printed: end the generation for its stats
+    except KeyboardInterrupt:
+        _print_interrupted(pyr.last_result if pyr is not None else None, o["as_json"])
+    assert pyr is not None and pyr.last_result is not None
+    result = pyr.last_result
+    click.echo(json.dumps(result.to_dict()) if o["as_json"] else "")
+    click.echo(f"edge-spec: {result.stats.line()}", err=True)
+
+
+def _print_interrupted(result: Result | None, as_json: bool) -> None:
+    """Ctrl-C in `run`: print what was generated (under --json as the usual object; an empty one when
+    nothing was), the stats on stderr, and exit 130."""
+    if result is not None:
+        result.stats.finish_reason = "interrupted"
+    if as_json:
+        empty = {"text": "", "token_ids": [], "stats": None}
+        click.echo(json.dumps(result.to_dict() if result is not None else empty))
+    elif result is not None and result.text:
+        click.echo()
+    _interrupted(f"; {result.stats.line()}" if result is not None else "")
 
 
 @main.command()
@@ -180,19 +276,22 @@ def batch(in_path: Path, out_path: Path, **o: Any) -> None:
     """
     from edge_spec import batch as batching
 
-    if o["preset"] is not None:
-        _apply_preset(o["preset"], o)
+    _check_options(o)
     jobs = batching.read_jobs(in_path)
     defaults = _generate_options(o)
-    batching.check_defaults(defaults)
-    with batching.Output(out_path, in_path) as out:  # input and output are checked before any model is read
-        if o["budget"] is not None:
-            _apply_budget(o)
-        try:
-            report = batching.run(jobs, out, lambda: _open_pyramid(o), defaults)
-        except KeyboardInterrupt:
-            click.echo("edge-spec: interrupted; run the same command again to resume", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+
+    def load() -> Pyramid:
+        pyr = _open_pyramid(o)
+        _context_note(pyr, o)
+        return pyr
+
+    try:
+        with batching.Output(out_path, in_path) as out:  # input and output are checked before any model
+            if o["budget"] is not None:
+                _apply_budget(o)
+            report = batching.run(jobs, out, load, defaults)
+    except KeyboardInterrupt:
+        _interrupted("; run the same command again to resume")
     click.echo(f"edge-spec: {report.line()}", err=True)
     sys.exit(EXIT_SOME_FAILED if report.failed else 0)
 
@@ -217,11 +316,16 @@ def _apply_preset(name: str, o: dict[str, Any]) -> None:
 
 
 def _plan(o: dict[str, Any], device: str = "auto") -> Any:
-    """The memory plan for the tiers, context and batch in `o` (an "ngram" draft takes no memory)."""
-    from edge_spec.backend import gpu_available
+    """The memory plan for the tiers, context and batch in `o` (an "ngram" draft takes no memory). The
+    options are checked before any model is read."""
+    from edge_spec import checks
     from edge_spec.memory import parse_size, plan, read_shape
     from edge_spec.models import DEFAULT_MODEL, resolve
 
+    budget = parse_size(o["budget"])
+    checks.integer("ctx", o["ctx"], least=16)
+    checks.integer("batch", o["batch"], least=1)
+    checks.stage_count(o["draft_ref"], o["qualifier_ref"])
     refs = {
         "target": o["target_ref"] or DEFAULT_MODEL,
         "qualifier": o["qualifier_ref"],
@@ -229,8 +333,10 @@ def _plan(o: dict[str, Any], device: str = "auto") -> Any:
     }
     shapes = {role: read_shape(resolve(ref)) for role, ref in refs.items() if ref not in (None, "ngram")}
     if device == "auto":
+        from edge_spec.backend import gpu_available
+
         device = "gpu" if gpu_available() else "cpu"
-    return plan(shapes, parse_size(o["budget"]), o["ctx"], o["batch"], device)
+    return plan(shapes, budget, o["ctx"], o["batch"], device)
 
 
 def _apply_budget(o: dict[str, Any]) -> None:
@@ -401,7 +507,13 @@ def derive_command(target: str, kind: str, out: Path | None, threads: int) -> No
     type=click.IntRange(min=1),
     help="The peer's --spec-draft-n-max (default: K of the first fixed:K lookahead, else 3).",
 )
-@click.option("--pass-timeout", default=10.0, show_default=True, help="Seconds per HumanEval program.")
+@click.option(
+    "--pass-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds per HumanEval program.",
+)
 @click.option(
     "--out",
     default="edge-spec-bench",
@@ -417,11 +529,17 @@ def bench_command(**o: Any) -> None:
     whole run as JSON and a speed-vs-quality plot."""
     import datetime
 
-    from edge_spec import bench, report
-    from edge_spec.api import NGRAM, LoadOptions
+    from edge_spec import bench, checks, report
+    from edge_spec.api import NGRAM, LoadOptions, check_generation
     from edge_spec.models import DEFAULT_MODEL
     from edge_spec.peer import find_peer
 
+    check_generation(max_tokens=o["max_tokens"], temperature=o["temperature"], seed=o["seed"])
+    for tau in o["taus"]:
+        checks.number("tau_t", tau, least=0)
+    if o["tau_q"] is not None:
+        checks.number("tau_q", o["tau_q"], least=0)
+    checks.number("pass_timeout", o["pass_timeout"])  # finite (its range is the option's type)
     cfg = bench.BenchConfig(
         suites=bench.SUITES if o["suite"] == "all" else (o["suite"],),
         limit=o["limit"],

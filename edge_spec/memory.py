@@ -1,6 +1,6 @@
 """The memory budget planner: place the tiers of a pyramid in a memory budget, or explain why they cannot fit.
 
-Sizes come from GGUF metadata (read with `gguf`'s GGUFReader, no model load):
+Sizes come from GGUF metadata (the file's header, read by `gguf_meta`; no model load):
   - weights: each tensor's bytes; `blk.N.*` tensors belong to layer N. As llama.cpp places them, the token
     embeddings stay on the CPU, GPU layers are the last ones, and the output head joins the GPU only when
     every layer is there (n_gpu_layers > n_layer). A model with tied embeddings keeps a GPU copy of them.
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_spec.errors import ConfigError, ModelError
+from edge_spec.gguf_meta import read_header
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -103,24 +104,14 @@ class ModelShape:
         return 4 * self.n_vocab * OUTPUT_ROWS
 
 
-def _field(reader: object, key: str) -> object:
-    field = reader.fields.get(key)  # type: ignore[attr-defined]
-    return None if field is None else field.contents()
-
-
 def read_shape(path: str | Path) -> ModelShape:
-    """A GGUF file's sizes and shapes, from its metadata and tensor table."""
-    from gguf import GGUFReader
-
+    """A GGUF file's sizes and shapes, from its metadata and tensor table (`gguf_meta`: the header only)."""
     path = Path(path)
-    try:
-        reader = GGUFReader(path)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read GGUF metadata from {path}: {e}") from e
-    arch = _field(reader, "general.architecture")
+    header = read_header(path)
+    arch = header.fields.get("general.architecture")
 
     def meta(key: str, default: object = None) -> object:
-        value = _field(reader, f"{arch}.{key}")
+        value = header.fields.get(f"{arch}.{key}")
         if value is None and default is None:
             raise ModelError(f"{path.name}: GGUF metadata lacks {arch}.{key}")
         return default if value is None else value
@@ -131,11 +122,11 @@ def read_shape(path: str | Path) -> ModelShape:
     head_kv = np.broadcast_to(np.asarray(meta("attention.head_count_kv", n_head)), (n_layer,))
     k_len = int(meta("attention.key_length", n_embd // n_head))  # type: ignore[arg-type]
     v_len = int(meta("attention.value_length", n_embd // n_head))  # type: ignore[arg-type]
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    n_vocab = int(meta("vocab_size", len(tokens.data) if tokens is not None else 0))  # type: ignore[arg-type]
+    tokens = header.fields.get("tokenizer.ggml.tokens", ())
+    n_vocab = int(meta("vocab_size", len(tokens)))  # type: ignore[arg-type]
     layers = [0] * n_layer
     named: dict[str, int] = {}
-    for t in reader.tensors:
+    for t in header.tensors:
         m = re.match(r"blk\.(\d+)\.", t.name)
         if m and int(m[1]) < n_layer:
             layers[int(m[1])] += int(t.n_bytes)

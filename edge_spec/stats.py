@@ -106,4 +106,6 @@ class GenerationStats:
             + (f" ({s.accepted / s.proposed:.0%})" if s.proposed else "")
             for s in self.stages
         ]
+        if self.finish_reason == "context":
+            parts.append("stopped: the context window is full (raise --ctx)")
         return ", ".join(parts)

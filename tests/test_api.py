@@ -75,10 +75,8 @@ def test_three_tier_stages_are_bottom_up(tiny_target: Path, tiny_same: Path) -> 
     ],
 )
 def test_invalid_options(options: dict, n_stages: int, message: str) -> None:
-    opts = LoadOptions(**options)
     with pytest.raises(ConfigError, match=message):
-        opts.stages(n_stages)
-        opts.tier_config()
+        LoadOptions(**options).stages(n_stages)
 
 
 def test_unknown_option_names_the_known_ones(tiny_target: Path) -> None:

@@ -291,8 +291,8 @@ BAD_LINES: list[tuple[object, str]] = [
     ({"id": "raw-type", "prompt": "x", "raw": 1}, "'raw' must be true or false"),
     ({"id": "stop-type", "prompt": "x", "stop": ["a", 1]}, "'stop' must be a string or a list"),
     ({"id": "seed-type", "prompt": "x", "seed": True}, "'seed' must be an integer or null"),
-    ({"id": "temperature", "prompt": "x", "temperature": -1}, "temperature must be"),
-    ({"id": "max-0", "prompt": "x", "max_tokens": 0}, "max tokens must be at least 1"),
+    ({"id": "temperature", "prompt": "x", "temperature": -1}, "temperature (--temperature) must be"),
+    ({"id": "max-0", "prompt": "x", "max_tokens": 0}, "max_tokens (--max-tokens) must be at least 1"),
     ({"id": "too-long", "prompt": "the cat " * 400}, "context holds 512"),
     ({"id": "raw-messages", "messages": [{"role": "user", "content": "x"}], "raw": True}, "raw prompt"),
 ]

@@ -212,7 +212,7 @@ def test_fetch_lists_carried_models(cli) -> None:
         ("not-gguf", ["not a GGUF model file"]),
         ("truncated", ["could not load", "corrupt or truncated"]),
         ("long-prompt", ["context holds 16", "--ctx"]),
-        ("max-tokens-0", ["max tokens"]),
+        ("max-tokens-0", ["max_tokens (--max-tokens) must be at least 1"]),
         ("temperature", ["temperature"]),
         ("top-p-0", ["top_p"]),
         ("top-p-1.5", ["top_p"]),
