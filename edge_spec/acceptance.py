@@ -28,11 +28,12 @@ from typing import NamedTuple
 import numpy as np
 
 from edge_spec.errors import ConfigError
-from edge_spec.sampling import sample
+from edge_spec.sampling import Warped, sample, top_k_ids
 
 DIVERGENCES = ("js", "js-sym", "kl", "tv")
 
 _EPS = 1e-10  # floor on probabilities inside logs (divergence)
+_LOG_EPS = math.log(_EPS)
 
 
 class Verdict(NamedTuple):
@@ -63,30 +64,31 @@ def greedy_verify(
 
 def speculative_verify(
     draft: np.ndarray,  # [k] int, proposed token ids
-    p: np.ndarray,  # [k+1, V] verifier probabilities (warped)
-    q: np.ndarray | None,  # [k, V] proposer probabilities (warped); None = one-hot on draft (n-gram)
+    p: Warped | np.ndarray,  # [k+1, V] verifier distributions (warped; an array: probabilities)
+    q: Warped | np.ndarray | None,  # [k, V] proposer distributions (warped); None = one-hot on draft (n-gram)
     rng: np.random.Generator,
 ) -> Verdict:
     """Lossless speculative sampling: the emitted tokens are distributed exactly as the verifier's p.
 
     Accept draft[i] with probability min(1, p_i(x) / q_i(x)), one `rng.random()` per position in order. At
     the first rejection emit a draw from the residual norm(max(0, p_i - q_i)) (from p_i if the residual is
-    all zero); if all k are accepted, emit a bonus draw from p_k.
+    all zero); if all k are accepted, emit a bonus draw from p_k. Reads p_i(x) and q_i(x) per position; whole
+    rows only at the one rejected position or for the bonus.
     """
     draft = _check(draft, p, q)
-    p, q = np.asarray(p), None if q is None else np.asarray(q)
+    p, q = _warped(p), None if q is None else _warped(q)
     k = draft.size
-    for i, x in enumerate(draft):
+    for i, x in enumerate(draft.tolist()):
         if not _lossless_accepts(rng.random(), p, q, i, x):
-            return Verdict(i, sample(_residual(p, q, i, x), rng), k)
-    return Verdict(k, sample(p[k], rng), k)
+            return Verdict(i, _draw_residual(p, q, i, x, rng), k)
+    return Verdict(k, p.sample(k, rng), k)
 
 
 def fuzzy_verify(
     draft: np.ndarray,  # [k] int, proposed token ids
-    p: np.ndarray,  # [k+1, V] verifier probabilities (warped); greedy mode: logits do, only argmax is used
-    q: np.ndarray | None,  # [k, V] proposer probabilities (warped); None = one-hot on draft; unused if greedy
-    div: np.ndarray,  # [k] float, divergence between verifier and proposer at each position
+    p: Warped | np.ndarray,  # [k+1, V] verifier's (warped); greedy mode: logits do, only argmax is read
+    q: Warped | np.ndarray | None,  # [k, V] proposer's (warped); None = one-hot on draft; unused if greedy
+    div: np.ndarray | LazyDivergence,  # [k] float divergences, read where the exact rule rejects
     tau: float,  # threshold >= 0; 0 = the exact rule alone
     rng: np.random.Generator | None,  # None = greedy mode
 ) -> Verdict:
@@ -102,19 +104,17 @@ def fuzzy_verify(
     norm(max(0, p_i - q_i)); if all pass, the bonus argmax p_k / a draw from p_k.
     """
     draft = _check(draft, p, None if rng is None else q)
-    p, q = np.asarray(p), None if q is None else np.asarray(q)
+    p, q = _warped(p), None if q is None else _warped(q)
     k = draft.size
-    div = np.asarray(div)
-    if div.shape != (k,):
-        raise ValueError(f"div must have shape [k] = ({k},), got {div.shape}")
+    if np.shape(div) != (k,):
+        raise ValueError(f"div must have shape [k] = ({k},), got {np.shape(div)}")
     tau = validate_tau(tau)
-    for i, x in enumerate(draft):
-        exact = x == int(np.argmax(p[i])) if rng is None else _lossless_accepts(rng.random(), p, q, i, x)
+    for i, x in enumerate(draft.tolist()):
+        exact = x == p.argmax(i) if rng is None else _lossless_accepts(rng.random(), p, q, i, x)
         if exact or (tau > 0.0 and div[i] <= tau):
             continue
-        token = int(np.argmax(p[i])) if rng is None else sample(_residual(p, q, i, x), rng)
-        return Verdict(i, token, k)
-    return Verdict(k, int(np.argmax(p[k])) if rng is None else sample(p[k], rng), k)
+        return Verdict(i, p.argmax(i) if rng is None else _draw_residual(p, q, i, x, rng), k)
+    return Verdict(k, p.argmax(k) if rng is None else p.sample(k, rng), k)
 
 
 def divergence(
@@ -123,7 +123,7 @@ def divergence(
     kind: str = "js",
     top_k: int | None = None,
 ) -> np.ndarray:  # [k] float64
-    """Per-row divergence between softmax(p_logits) and softmax(q_logits), temperature 1, in float64.
+    """Per-row divergence between softmax(p_logits) and softmax(q_logits), temperature 1.
 
     kinds (probabilities floored at 1e-10 inside logs):
       - "js": FSD reference form 0.5 * KL(m || p) + 0.5 * KL(m || q), m = (p + q) / 2. Not the textbook
@@ -134,27 +134,39 @@ def divergence(
       - "tv": total variation 0.5 * sum |p - q|.
     top_k=N: cheaper approximation on N + 1 buckets: the verifier's N most likely tokens, plus one bucket
     holding the rest of each distribution's mass.
+    Computed in the logits' float type (float32 from llama.cpp): within 1e-5 of the float64 value.
     """
-    if kind not in DIVERGENCES:
-        raise ConfigError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}")
-    if np.shape(p_logits) != np.shape(q_logits) or np.ndim(p_logits) < 1:
-        raise ValueError(
-            f"p_logits and q_logits must share shape [k, V], got {np.shape(p_logits)}, {np.shape(q_logits)}"
-        )
-    p, q = _softmax(p_logits), _softmax(q_logits)
-    if top_k is not None:
-        if top_k < 1:
-            raise ConfigError(f"divergence top_k must be >= 1, got {top_k}")
-        if top_k < p.shape[-1]:
-            p, q = _bucket(p, q, top_k)
-    if kind == "tv":
-        return 0.5 * np.abs(p - q).sum(axis=-1)
-    if kind == "kl":
-        return _kl(q, p)
-    m = 0.5 * (p + q)
-    if kind == "js":
-        return 0.5 * _kl(m, p) + 0.5 * _kl(m, q)
-    return 0.5 * _kl(p, m) + 0.5 * _kl(q, m)
+    _check_divergence(p_logits, q_logits, kind, top_k)
+    zp, zq = np.asarray(p_logits), np.asarray(q_logits)
+    rows = zip(zp.reshape(-1, zp.shape[-1]), zq.reshape(-1, zq.shape[-1]), strict=True)
+    return np.array([_row_divergence(a, b, kind, top_k) for a, b in rows]).reshape(zp.shape[:-1])
+
+
+class LazyDivergence:
+    """`divergence` of each row [k], computed on its first read: a rule that decides a position without it,
+    or stops before it, never pays for it."""
+
+    def __init__(
+        self,
+        p_logits: np.ndarray,  # [k, V] verifier raw logits
+        q_logits: np.ndarray,  # [k, V] proposer raw logits
+        kind: str = "js",
+        top_k: int | None = None,
+    ) -> None:
+        _check_divergence(p_logits, q_logits, kind, top_k)
+        if np.ndim(p_logits) != 2:
+            raise ValueError(f"p_logits must have shape [k, V], got {np.shape(p_logits)}")
+        self.p_logits, self.q_logits, self.kind, self.top_k = p_logits, q_logits, kind, top_k
+        self._values: dict[int, float] = {}
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self.p_logits),)
+
+    def __getitem__(self, i: int) -> float:
+        if i not in self._values:
+            self._values[i] = _row_divergence(self.p_logits[i], self.q_logits[i], self.kind, self.top_k)
+        return self._values[i]
 
 
 def validate_tau(tau: float) -> float:
@@ -167,56 +179,119 @@ def validate_tau(tau: float) -> float:
 
 def _check(
     draft: np.ndarray,  # [k] int
-    p: np.ndarray,  # [k+1, V]
-    q: np.ndarray | None = None,  # [k, V]
+    p: Warped | np.ndarray,  # [k+1, V]
+    q: Warped | np.ndarray | None = None,  # [k, V]
 ) -> np.ndarray:
     """`draft` as a 1-D int array, after checking the shapes of p and q against it."""
     draft = np.asarray(draft)
     if draft.ndim != 1 or (draft.size and not np.issubdtype(draft.dtype, np.integer)):
         raise ValueError(f"draft must be a 1-D array of token ids, got shape {draft.shape} {draft.dtype}")
     k = draft.size
-    if np.ndim(p) != 2 or np.shape(p)[0] != k + 1:
-        raise ValueError(f"p must have shape [k+1, V] with k = {k}, got {np.shape(p)}")
-    if q is not None and np.shape(q) != (k, np.shape(p)[1]):
-        raise ValueError(f"q must have shape [k, V] = ({k}, {np.shape(p)[1]}), got {np.shape(q)}")
+    p_shape, q_shape = _shape(p), None if q is None else _shape(q)
+    if len(p_shape) != 2 or p_shape[0] != k + 1:
+        raise ValueError(f"p must have shape [k+1, V] with k = {k}, got {p_shape}")
+    if q_shape is not None and q_shape != (k, p_shape[1]):
+        raise ValueError(f"q must have shape [k, V] = ({k}, {p_shape[1]}), got {q_shape}")
     return draft
 
 
-def _lossless_accepts(u: float, p: np.ndarray, q: np.ndarray | None, i: int, x: int) -> bool:
+def _shape(a: Warped | np.ndarray) -> tuple[int, ...]:
+    return a.logits.shape if isinstance(a, Warped) else np.shape(a)
+
+
+def _warped(a: Warped | np.ndarray) -> Warped:
+    return a if isinstance(a, Warped) else Warped.from_probs(a)
+
+
+def _lossless_accepts(u: float, p: Warped, q: Warped | None, i: int, x: int) -> bool:
     """The min(1, p_i(x) / q_i(x)) test for uniform u in [0, 1), written without a division."""
-    return bool(u * (1.0 if q is None else q[i, x]) < p[i, x])
+    return u * (1.0 if q is None else q.prob(i, x)) < p.prob(i, x)
 
 
-def _residual(p: np.ndarray, q: np.ndarray | None, i: int, x: int) -> np.ndarray:
-    """max(0, p_i - q_i) [V], unnormalised (sample() normalises); p_i itself if that is all zero."""
-    if q is None:  # one-hot q: max(0, p_i - onehot(x)) is p_i with token x removed
-        r = np.array(p[i], dtype=np.float64)
+def _draw_residual(p: Warped, q: Warped | None, i: int, x: int, rng: np.random.Generator) -> int:
+    """A draw from max(0, p_i - q_i) (one-hot q: p_i without token x); from p_i if that is all zero."""
+    r = p.dense(i)  # [V], a fresh array
+    if q is None:
         r[x] = 0.0
     else:
-        r = np.maximum(np.asarray(p[i], dtype=np.float64) - q[i], 0.0)
-    return r if r.sum() > 0 else np.asarray(p[i], dtype=np.float64)
+        r -= q.dense(i)
+        np.maximum(r, 0.0, out=r)
+    return sample(r, rng) if r.any() else p.sample(i, rng)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """softmax over the last axis, in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def _check_divergence(p_logits: np.ndarray, q_logits: np.ndarray, kind: str, top_k: int | None) -> None:
+    if kind not in DIVERGENCES:
+        raise ConfigError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"divergence top_k must be >= 1, got {top_k}")
+    if np.shape(p_logits) != np.shape(q_logits) or np.ndim(p_logits) < 1:
+        raise ValueError(
+            f"p_logits and q_logits must share shape [k, V], got {np.shape(p_logits)}, {np.shape(q_logits)}"
+        )
 
 
-def _bucket(
-    p: np.ndarray,  # [k, V]
-    q: np.ndarray,  # [k, V]
-    n: int,
-) -> tuple[np.ndarray, np.ndarray]:  # [k, n+1] each
-    """p and q restricted to p's top n tokens per row, plus one bucket with the remaining mass."""
-    top = np.argpartition(-p, n - 1, axis=-1)[..., :n]
-    pt, qt = np.take_along_axis(p, top, axis=-1), np.take_along_axis(q, top, axis=-1)
-    p_rest = np.clip(1.0 - pt.sum(axis=-1, keepdims=True), 0.0, None)
-    q_rest = np.clip(1.0 - qt.sum(axis=-1, keepdims=True), 0.0, None)
-    return np.concatenate([pt, p_rest], axis=-1), np.concatenate([qt, q_rest], axis=-1)
+def _row_divergence(zp: np.ndarray, zq: np.ndarray, kind: str, top_k: int | None) -> float:
+    """`divergence` of one pair of logits rows [V], in their float type.
+
+    Costs two exp passes (the normalisers) plus work on the tokens where p or q may reach 1e-10: elsewhere
+    both are floored to the same 1e-10 inside the logs, so those tokens add exactly 0 to js, js-sym and kl.
+    """
+    ep, sp, mp = _exp_shifted(zp)
+    eq, sq, mq = _exp_shifted(zq)
+    if top_k is not None and top_k < zp.size:
+        top = top_k_ids(zp, top_k)  # p's top tokens
+        p, q = _bucket(ep, sp, top), _bucket(eq, sq, top)
+        return _divergence(kind, p, np.log(np.maximum(p, _EPS)), q, np.log(np.maximum(q, _EPS)))
+    one = ep.dtype.type(1.0)
+    if kind == "tv":
+        return _divergence(kind, ep * (one / sp), None, eq * (one / sq), None)
+    eps = ep.dtype.type(_EPS)  # p <= exp(z - max z) (the sum is >= 1): tokens under it have p < 1e-10
+    keep = np.flatnonzero((ep >= eps) | (eq >= eps))
+    p, q = ep[keep] * (one / sp), eq[keep] * (one / sq)
+    return _divergence(kind, p, _floored_log(zp[keep], mp, sp), q, _floored_log(zq[keep], mq, sq))
 
 
-def _kl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """KL(a || b) over the last axis, with both floored at 1e-10 inside the logs."""
-    return (a * (np.log(np.maximum(a, _EPS)) - np.log(np.maximum(b, _EPS)))).sum(axis=-1)
+def _exp_shifted(z: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(exp(z - max z), its sum, max z) of a logits row [V], in its float type (float32 for llama.cpp's)."""
+    top = z.max()
+    e = np.subtract(z, top, dtype=np.result_type(z.dtype, np.float32))
+    np.exp(e, out=e)
+    return e, float(e.sum(dtype=np.float64)), float(top)
+
+
+def _floored_log(z: np.ndarray, top: float, total: float) -> np.ndarray:  # [n]
+    """log(max(p, 1e-10)) of the tokens whose logits are z [n], in a row of max `top` and exp-sum `total`."""
+    lp = z - z.dtype.type(top)  # exact near the top: the max is one of the row's own float values
+    lp -= lp.dtype.type(math.log(total))
+    return np.maximum(lp, lp.dtype.type(_LOG_EPS), out=lp)
+
+
+def _bucket(e: np.ndarray, total: float, top: np.ndarray) -> np.ndarray:  # [n+1] float64
+    """The distribution e / total [V] restricted to the tokens `top` [n], plus one bucket for the rest."""
+    pt = e[top].astype(np.float64) / total
+    return np.append(pt, max(1.0 - pt.sum(), 0.0))
+
+
+def _divergence(
+    kind: str,
+    p: np.ndarray,  # [n] probabilities
+    lp: np.ndarray | None,  # [n] log(max(p, 1e-10)); tv: unused
+    q: np.ndarray,  # [n]
+    lq: np.ndarray | None,  # [n] log(max(q, 1e-10)); tv: unused
+) -> float:
+    """The divergence `kind` between p and q, given both and their floored logs."""
+    if kind == "tv":
+        return 0.5 * float(np.abs(p - q).sum())
+    if kind == "kl":
+        return _dot(q, lq - lp)
+    m = p + q
+    m *= 0.5
+    lm = np.log(np.maximum(m, m.dtype.type(_EPS)))
+    if kind == "js":  # 0.5 KL(m || p) + 0.5 KL(m || q)
+        return _dot(m, lm - 0.5 * (lp + lq))
+    return 0.5 * _dot(p, lp - lm) + 0.5 * _dot(q, lq - lm)  # js-sym
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """sum(a * b), summed pairwise (numpy's sum): float32 BLAS dot products accumulate far less exactly."""
+    return float(np.multiply(a, b).sum())

@@ -10,7 +10,7 @@ import numpy as np
 
 from edge_spec.backend import Tier
 from edge_spec.lookahead import Lookahead
-from edge_spec.sampling import SamplingConfig, make_rng, sample, warp
+from edge_spec.sampling import SamplingConfig, Warped, make_rng
 
 
 @dataclass
@@ -96,7 +96,9 @@ class ModelDrafter:
         for i in range(1, n + 1):
             logits = self.tier.score(seq + tokens, 1)[0]
             greedy = self.sampling.greedy
-            token = int(logits.argmax()) if greedy else sample(warp(logits, self.sampling), self.rng)
+            token = (
+                int(logits.argmax()) if greedy else Warped(logits[None], self.sampling).sample(0, self.rng)
+            )
             tokens.append(token)
             rows.append(logits.copy())
             keep = True

@@ -21,7 +21,7 @@ from edge_spec.backend import Tier
 from edge_spec.errors import ConfigError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, Lookahead, RoundReport, fit_to_proposer, parse_lookahead
 from edge_spec.proposers import Block, Proposer, catch_up
-from edge_spec.sampling import SamplingConfig, warp
+from edge_spec.sampling import SamplingConfig, Warped
 from edge_spec.stats import StageStats
 
 ACCEPT_RULES = ("exact", "fuzzy")
@@ -120,14 +120,14 @@ class Verifier:
             rows, q_logits = rows[:, :width], q_logits[:, :width]
         if stage.accept == "exact" and greedy:
             return acceptance.greedy_verify(draft, rows)
-        p = rows if greedy else warp(rows, self.sampling)
-        q = None if greedy or q_logits is None else warp(q_logits, self.sampling)
+        p = Warped(rows, self.sampling)
+        q = None if greedy or q_logits is None else Warped(q_logits, self.sampling)
         if stage.accept == "exact":
             return acceptance.speculative_verify(draft, p, q, self.rng)
         if q_logits is None:  # a proposer without a distribution has no divergence to measure
             div = np.full(len(draft), np.inf)
         else:
-            div = acceptance.divergence(rows[: len(draft)], q_logits, stage.divergence, stage.top_k)
+            div = acceptance.LazyDivergence(rows[: len(draft)], q_logits, stage.divergence, stage.top_k)
         return acceptance.fuzzy_verify(draft, p, q, div, stage.tau, None if greedy else self.rng)
 
 

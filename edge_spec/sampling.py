@@ -15,9 +15,8 @@ import numpy as np
 
 from edge_spec.errors import ConfigError
 
-# Top-p candidate set sizes tried before falling back to the whole vocabulary (see _top_p).
-_TOP_P_FIRST = 64
-_TOP_P_GROWTH = 8
+_TOP_P_CUTS = (1e-1, 1e-3, 1e-6, 0.0)  # top-p candidates: weights relative to the top token (see _top_p)
+_SAMPLE_BLOCK = 1024  # tokens per block in sample()'s two-level search
 
 
 @dataclass(frozen=True)
@@ -51,51 +50,129 @@ def make_rng(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+class Warped:
+    """The warped next-token distributions of n rows of logits, each row computed on its first use.
+
+    Row i is held as the ids of the tokens that survive truncation (None = every token) and their
+    unnormalised weights exp((z - max z) / T) in the logits' own float type (float32 from llama.cpp), so
+    one row costs about one exp pass over its survivors. A rule that stops at its first rejected row
+    never computes the rows after it. Greedy: row i is one-hot at argmax z_i.
+    """
+
+    def __init__(
+        self,
+        logits: np.ndarray,  # [n, V] raw logits; never written
+        cfg: SamplingConfig,
+    ) -> None:
+        self.logits = np.asarray(logits)
+        if self.logits.ndim != 2 or self.logits.shape[1] == 0:
+            raise ValueError(f"logits must have shape [n, V] with V > 0, got {self.logits.shape}")
+        self.cfg = cfg
+        self._rows: dict[int, tuple[np.ndarray | None, np.ndarray, float]] = {}
+
+    @classmethod
+    def from_probs(cls, probs: np.ndarray) -> Warped:
+        """Rows of probabilities [n, V] taken as they are (each row sums to 1): hand-built cases."""
+        dists = cls(np.asarray(probs), SamplingConfig(temperature=1.0))
+        dists._rows = {i: (None, row, 1.0) for i, row in enumerate(dists.logits)}
+        return dists
+
+    def __len__(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def vocab(self) -> int:
+        return self.logits.shape[1]
+
+    def argmax(self, i: int) -> int:
+        """The most likely token of row i (truncation keeps it and temperature does not move it)."""
+        return int(self.logits[i].argmax())
+
+    def prob(self, i: int, x: int) -> float:
+        """Probability of token x in row i."""
+        ids, w, total = self._row(i)
+        if ids is None:
+            return float(w[x]) / total
+        at = np.flatnonzero(ids == x)
+        return float(w[at[0]]) / total if at.size else 0.0
+
+    def dense(self, i: int) -> np.ndarray:  # [V], the logits' float type
+        """Row i as probabilities over the whole vocabulary (0 for truncated tokens)."""
+        ids, w, total = self._row(i)
+        if ids is None:
+            return w / np.asarray(total, dtype=w.dtype)
+        out = np.zeros(self.vocab, dtype=w.dtype)
+        out[ids] = w / np.asarray(total, dtype=w.dtype)
+        return out
+
+    def sample(self, i: int, rng: np.random.Generator) -> int:
+        """One token drawn from row i with a single `rng.random()` (see `sample`)."""
+        ids, w, _ = self._row(i)
+        j = sample(w, rng)
+        return j if ids is None else int(ids[j])
+
+    def _row(self, i: int) -> tuple[np.ndarray | None, np.ndarray, float]:
+        """(survivor ids or None, their weights, the weights' sum) of row i, computed once."""
+        row = self._rows.get(i)
+        if row is None:
+            z = self.logits[i]
+            if self.cfg.greedy:
+                row = np.array([z.argmax()]), np.ones(1, dtype=z.dtype), 1.0
+            else:
+                ids = _truncate(z, self.cfg)
+                zk = z if ids is None else z[ids]
+                w = np.subtract(zk, zk.max(), dtype=_float(zk))
+                w *= w.dtype.type(1.0 / self.cfg.temperature)
+                np.exp(w, out=w)
+                row = ids, w, float(w.sum(dtype=np.float64))
+            self._rows[i] = row
+        return row
+
+
 def warp(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
-    """Probabilities (float64, same shape, rows sum to 1) from logits [..., V]; `logits` is never written.
+    """Probabilities (same shape and float type, rows sum to 1) from logits [..., V]; never written.
 
     Greedy: one-hot at the argmax. Otherwise top-k, top-p, min-p (temperature 1), then softmax of the
-    survivors' logits / temperature; every other token gets probability 0.
+    survivors' logits / temperature; every other token gets probability 0. The dense form of `Warped`.
     """
     x = np.asarray(logits)
     if x.ndim == 0 or x.shape[-1] == 0:
         raise ValueError(f"logits must have shape [..., V] with V > 0, got {x.shape}")
-    out = np.zeros(x.shape, dtype=np.float64)
-    if cfg.greedy:
-        np.put_along_axis(out, x.argmax(axis=-1)[..., None], 1.0, axis=-1)
-        return out
-    for row, dst in zip(x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1]), strict=True):
-        z = row.astype(np.float64)
-        keep = _truncate(z, cfg)
-        zk = z if keep is None else z[keep]
-        e = np.exp((zk - zk.max()) / cfg.temperature)
-        e /= e.sum()
-        if keep is None:
-            dst[:] = e
-        else:
-            dst[keep] = e
-    return out
+    rows = Warped(x.reshape(-1, x.shape[-1]), cfg)
+    return np.stack([rows.dense(i) for i in range(len(rows))]).reshape(x.shape)
 
 
-def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
+def sample(weights: np.ndarray, rng: np.random.Generator) -> int:
     """One token id from a 1-D distribution by inverse CDF on a single `rng.random()` draw.
 
-    `probs` need not be normalised (it is scaled by its sum); tokens with probability 0 are never drawn.
+    `weights` need not be normalised (they are scaled by their sum); tokens of weight 0 are never drawn.
+    Large rows are searched in two levels (block sums, then one block's cumulative sum, in float64), so a
+    draw costs about one summing pass instead of a full-length cumulative sum.
     """
-    cdf = np.cumsum(probs, dtype=np.float64)
-    if cdf.ndim != 1 or cdf.size == 0 or not cdf[-1] > 0:
+    w = np.asarray(weights)
+    if w.ndim != 1 or w.size == 0:
         raise ValueError("sample() needs a non-empty 1-D distribution with positive mass")
-    i = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-    if i == cdf.size:  # u rounded up to the total: take the last token with mass
-        i = int(np.flatnonzero(np.asarray(probs))[-1])
-    return i
+    starts = np.arange(0, w.size, _SAMPLE_BLOCK)
+    cdf = np.cumsum(np.add.reduceat(w, starts, dtype=np.float64))  # [blocks]
+    if not cdf[-1] > 0:
+        raise ValueError("sample() needs a non-empty 1-D distribution with positive mass")
+    u = rng.random() * cdf[-1]
+    b = int(np.searchsorted(cdf, u, side="right"))
+    if b == cdf.size:  # u rounded up to the total: take the last token with mass
+        return int(np.flatnonzero(w)[-1])
+    block = w[starts[b] : starts[b] + _SAMPLE_BLOCK]
+    local = np.cumsum(block, dtype=np.float64)
+    j = int(np.searchsorted(local, u - (cdf[b - 1] if b else 0.0), side="right"))
+    if j == block.size:  # rounding between the two levels: the block's last token with mass
+        j = int(np.flatnonzero(block)[-1])
+    return int(starts[b]) + j
 
 
 def _truncate(z: np.ndarray, cfg: SamplingConfig) -> np.ndarray | None:
-    """Token ids surviving top-k, top-p, min-p of one row of float64 logits [V]; None when all survive."""
+    """Token ids surviving top-k, top-p, min-p of one row of logits [V]; None when all survive."""
     keep: np.ndarray | None = None
     if 0 < cfg.top_k < z.size:
-        keep = np.argpartition(-z, cfg.top_k - 1)[: cfg.top_k]
+        keep = top_k_ids(z, cfg.top_k)
     if cfg.top_p < 1.0:
         zk = z if keep is None else z[keep]
         kept = _top_p(zk, cfg.top_p)
@@ -107,19 +184,40 @@ def _truncate(z: np.ndarray, cfg: SamplingConfig) -> np.ndarray | None:
     return keep
 
 
-def _top_p(z: np.ndarray, top_p: float) -> np.ndarray:
-    """Indices into `z` [n] of the smallest most-likely set whose softmax mass reaches `top_p`, exactly.
+def top_k_ids(z: np.ndarray, k: int) -> np.ndarray:
+    """Indices into `z` [n] of its k largest values (0 < k < n), ties going to the lower index.
 
-    Instead of sorting all n tokens, sort only the top 64, 512, 4096, ... candidates (argpartition) until
-    their mass reaches top_p: the sorted prefix of the top-m candidates is the sorted prefix of the whole.
+    Only values at or above the smallest of k chunk maxima are ranked: those maxima are k distinct entries,
+    so the k-th largest value is at least their minimum. One max pass and one compare pass over z.
     """
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    m = _TOP_P_FIRST
-    while True:
-        cand = np.arange(p.size) if m >= p.size else np.argpartition(-p, m - 1)[:m]
-        cand = cand[np.argsort(-p[cand])]
-        cum = np.cumsum(p[cand])
-        if cum[-1] >= top_p or m >= p.size:
-            return cand[: min(int(np.searchsorted(cum, top_p)) + 1, cand.size)]
-        m *= _TOP_P_GROWTH
+    floor = z[: z.size // k * k].reshape(k, -1).max(axis=1).min()
+    cand = np.flatnonzero(z >= floor)
+    zc = z[cand]
+    kth = np.partition(zc, zc.size - k)[zc.size - k]
+    above = np.flatnonzero(zc > kth)
+    ties = np.flatnonzero(zc == kth)[: k - above.size]
+    return cand[np.concatenate([above, ties])]
+
+
+def _top_p(z: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices into `z` [n] of the smallest most-likely set whose softmax mass reaches `top_p`, exactly,
+    ties going to the lower index.
+
+    Only candidates whose weight relative to the most likely token is at least 0.1 (then 1e-3, 1e-6, then
+    all) are sorted, stopping at the first candidate set that holds the mass: every token left out weighs
+    less than every candidate, so the sorted candidates are the sorted prefix of the whole.
+    """
+    w = np.exp(np.subtract(z, z.max(), dtype=_float(z)))
+    need = top_p * float(w.sum(dtype=np.float64))
+    for cut in _TOP_P_CUTS:
+        cand = np.flatnonzero(w >= cut)
+        if cut == 0.0 or w[cand].sum(dtype=np.float64) >= need:
+            break
+    order = cand[np.argsort(-w[cand], kind="stable")]
+    cum = np.cumsum(w[order], dtype=np.float64)
+    return order[: min(int(np.searchsorted(cum, need)) + 1, order.size)]
+
+
+def _float(a: np.ndarray) -> np.dtype:
+    """The float type row math runs in: float32 for float32 logits (llama.cpp's), float64 otherwise."""
+    return np.result_type(a.dtype, np.float32)

@@ -219,7 +219,7 @@ def test_divergence_hand_computed(kind: str) -> None:
     q_logits = np.log(np.stack([QD, QD])).astype(np.float32)
     got = divergence(p_logits, q_logits, kind)
     assert got.shape == (2,) and got.dtype == np.float64
-    np.testing.assert_allclose(got, [HAND[kind], 0.0], rtol=1e-6, atol=1e-8)  # float32 logits
+    np.testing.assert_allclose(got, [HAND[kind], 0.0], rtol=1e-6, atol=1e-6)  # float32 math: 1e-6 from 0
 
 
 def test_divergence_forms_and_directions() -> None:

@@ -242,7 +242,7 @@ def test_invalid_settings(tiers: dict[str, Tier]) -> None:
         Pyramid(tiers["target"], tiers["same"], None)
     with pytest.raises(ConfigError, match="stage settings"):
         Pyramid(tiers["target"], None, tiers["same"], [StageConfig(), StageConfig()])
-    with pytest.raises(ConfigError, match="max tokens"):
+    with pytest.raises(ConfigError, match="max_tokens"):
         _pyramid(tiers, None, None, [StageConfig()]).generate(PROMPT, max_tokens=0)
 
 

@@ -86,7 +86,7 @@ def test_config_accepts_boundary_values(kwargs: dict) -> None:
 def test_greedy_is_one_hot_at_argmax_and_keeps_shape() -> None:
     logits = read_only(np.random.default_rng(0).normal(size=(2, 3, 50)))
     probs = warp(logits, SamplingConfig(top_k=5, top_p=0.5))
-    assert probs.shape == logits.shape and probs.dtype == np.float64
+    assert probs.shape == logits.shape and probs.dtype == logits.dtype
     assert np.array_equal(probs.argmax(-1), logits.argmax(-1))
     assert np.array_equal(probs.sum(-1), np.ones((2, 3)))
     assert np.count_nonzero(probs) == 6
@@ -96,8 +96,9 @@ def test_greedy_is_one_hot_at_argmax_and_keeps_shape() -> None:
 def test_temperature_scales_logits(temperature: float) -> None:
     logits = read_only(np.random.default_rng(1).normal(size=(4, 100)) * 3)
     probs = warp(logits, SamplingConfig(temperature=temperature))
-    np.testing.assert_allclose(probs, softmax(logits.astype(np.float64) / temperature), rtol=1e-12)
-    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-12)
+    want = softmax(logits.astype(np.float64) / temperature)
+    np.testing.assert_allclose(probs, want, rtol=1e-5)  # float32 logits: float32 math
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
 
 
 def test_top_k_keeps_k_most_likely_renormalised() -> None:
@@ -150,8 +151,8 @@ def test_warp_matches_full_sort_reference(vocab: int, scale: float, cfg: Samplin
     for row, got in zip(logits, probs, strict=True):
         want = reference_warp(row, cfg)
         assert np.array_equal(np.flatnonzero(got), np.flatnonzero(want))
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15)
-        assert got.sum() == pytest.approx(1.0, abs=1e-12)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)  # float32 logits: float32 math
+        assert got.sum(dtype=np.float64) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_warp_rejects_scalar() -> None:
