@@ -335,39 +335,17 @@ class Pyramid:
         assert top is not None
         return top
 
-    def stream(
-        self,
-        prompt: str | Sequence[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] = (),
-        raw: bool = False,
-        sampling: SamplingConfig | None = None,
-    ) -> Generator[str, None, Result]:
+    def stream(self, prompt: str | Sequence[Message], **options: Any) -> Generator[str, None, Result]:
         """Text pieces as tokens are committed; the generator's return value is the Result.
 
         `prompt` is a string (sent as one user message through the chat template, or as-is with `raw`) or
-        a message list. Sampling: `temperature` (default 0 = greedy), `top_k`, `top_p`, `min_p`, `seed`
-        (defaults as in SamplingConfig), or a whole `sampling` config instead. `stop`: a stop string or
-        several. The prompt and options are checked here, before the first piece is asked for: bad ones
-        raise ConfigError (see `check_generation`) and leave the pyramid as it was.
+        a message list. Options (keywords, see `check_generation`): `max_tokens` (256), sampling by
+        `temperature` (default 0 = greedy), `top_k`, `top_p`, `min_p`, `seed` (defaults as in
+        SamplingConfig) or a whole `sampling` config instead, `stop` (a stop string or several), `raw`.
+        The prompt and options are checked here, before the first piece is asked for: bad ones raise
+        ConfigError and leave the pyramid as it was.
         """
-        g = check_generation(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            seed=seed,
-            stop=stop,
-            raw=raw,
-            sampling=sampling,
-        )
+        g = check_generation(**_known(options))
         prompt_ids = self.encode(prompt, g.raw)
         room = self.n_ctx - len(prompt_ids)
         if room < 1:
@@ -456,7 +434,7 @@ class Pyramid:
 
     def generate(self, prompt: str | Sequence[Message], **options: Any) -> Result:
         """Generate to the end and return the Result (prompt and options as in `stream`)."""
-        gen = self.stream(prompt, **_known(options))
+        gen = self.stream(prompt, **options)
         while True:
             try:
                 next(gen)
@@ -467,7 +445,7 @@ class Pyramid:
         """An OpenAI-style chat completion (object "chat.completion") answering `messages`; options as in
         `stream` (OpenAI's max_tokens, temperature, top_p, seed and stop carry over). finish_reason is
         "stop" (end of text or a stop string) or "length" (max_tokens or the context window)."""
-        result = self.generate(messages, **_known(options))
+        result = self.generate(messages, **options)
         prompt_tokens = result.stats.prompt_tokens
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
