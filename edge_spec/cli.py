@@ -76,16 +76,26 @@ def _one_line_exits() -> Iterator[None]:
         _interrupted()
 
 
-class _Main(click.Group):
-    """The command group, with `_one_line_exits` around parsing and every command."""
+class _OneLineExits:
+    """`_one_line_exits` around parsing and running a command (also one run alone: batch_generate.py)."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         with _one_line_exits():
-            return super().make_context(*args, **kwargs)
+            return super().make_context(*args, **kwargs)  # type: ignore[misc]
 
     def invoke(self, ctx: click.Context) -> Any:
         with _one_line_exits():
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # type: ignore[misc]
+
+
+class _Command(_OneLineExits, click.Command):
+    """A command of `edge-spec`."""
+
+
+class _Main(_OneLineExits, click.Group):
+    """The `edge-spec` group; its commands are `_Command`s."""
+
+    command_class = _Command
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})

@@ -118,6 +118,22 @@ def test_ctrl_c_while_the_model_loads_exits_130(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == {"text": "", "token_ids": [], "stats": None}
 
 
+def test_ctrl_c_while_the_command_is_imported_exits_130() -> None:
+    """The entry point catches Ctrl-C during the imports (numpy, llama.cpp) that precede the command."""
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'edge_spec.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from edge_spec.__main__ import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (130, "edge-spec: interrupted\n")
+
+
 def test_ctrl_c_outside_any_command_exits_130(monkeypatch: pytest.MonkeyPatch, tiny_target: Path) -> None:
     """Ctrl-C before a command handles it (imports, option checks) is exit 130, not click's "Aborted!"."""
 
