@@ -27,13 +27,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from edge_spec import _rowmath
 from edge_spec.errors import ConfigError
 from edge_spec.sampling import Warped, sample, top_k_ids
 
 DIVERGENCES = ("js", "js-sym", "kl", "tv")
-
-_EPS = 1e-10  # floor on probabilities inside logs (divergence)
-_LOG_EPS = math.log(_EPS)
 
 
 class Verdict(NamedTuple):
@@ -134,7 +132,7 @@ def divergence(
       - "tv": total variation 0.5 * sum |p - q|.
     top_k=N: cheaper approximation on N + 1 buckets: the verifier's N most likely tokens, plus one bucket
     holding the rest of each distribution's mass.
-    Computed in the logits' float type (float32 from llama.cpp): within 1e-5 of the float64 value.
+    Computed in float32 by a fused C kernel (edge_spec/_rowmath.c): within 1e-5 of the float64 value.
     """
     _check_divergence(p_logits, q_logits, kind, top_k)
     zp, zq = np.asarray(p_logits), np.asarray(q_logits)
@@ -231,67 +229,22 @@ def _check_divergence(p_logits: np.ndarray, q_logits: np.ndarray, kind: str, top
 
 
 def _row_divergence(zp: np.ndarray, zq: np.ndarray, kind: str, top_k: int | None) -> float:
-    """`divergence` of one pair of logits rows [V], in their float type.
-
-    Costs two exp passes (the normalisers) plus work on the tokens where p or q may reach 1e-10: elsewhere
-    both are floored to the same 1e-10 inside the logs, so those tokens add exactly 0 to js, js-sym and kl.
-    """
-    ep, sp, mp = _exp_shifted(zp)
-    eq, sq, mq = _exp_shifted(zq)
+    """`divergence` of one pair of logits rows [V], in float32 (edge_spec/_rowmath.c: two passes a row)."""
     if top_k is not None and top_k < zp.size:
         top = top_k_ids(zp, top_k)  # p's top tokens
-        p, q = _bucket(ep, sp, top), _bucket(eq, sq, top)
-        return _divergence(kind, p, np.log(np.maximum(p, _EPS)), q, np.log(np.maximum(q, _EPS)))
-    one = ep.dtype.type(1.0)
-    if kind == "tv":
-        return _divergence(kind, ep * (one / sp), None, eq * (one / sq), None)
-    eps = ep.dtype.type(_EPS)  # p <= exp(z - max z) (the sum is >= 1): tokens under it have p < 1e-10
-    keep = np.flatnonzero((ep >= eps) | (eq >= eps))
-    p, q = ep[keep] * (one / sp), eq[keep] * (one / sq)
-    return _divergence(kind, p, _floored_log(zp[keep], mp, sp), q, _floored_log(zq[keep], mq, sq))
+        zp, zq = _bucket(zp, top), _bucket(zq, top)
+    return _rowmath.divergence(kind, _f32(zp), _f32(zq))
 
 
-def _exp_shifted(z: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """(exp(z - max z), its sum, max z) of a logits row [V], in its float type (float32 for llama.cpp's)."""
-    top = z.max()
-    e = np.subtract(z, top, dtype=np.result_type(z.dtype, np.float32))
-    np.exp(e, out=e)
-    return e, float(e.sum(dtype=np.float64)), float(top)
+def _bucket(z: np.ndarray, top: np.ndarray) -> np.ndarray:  # [n+1] float64
+    """Log-probabilities of softmax(z) [V] on the tokens `top` [n], plus one bucket holding the rest (its
+    own log-sum-exp, exact however small the rest is)."""
+    row = _f32(z)
+    lse = _rowmath.logsumexp(row, 1.0)
+    rest = row.copy()
+    rest[top] = -np.inf
+    return np.append(row[top].astype(np.float64) - lse, _rowmath.logsumexp(rest, 1.0) - lse)
 
 
-def _floored_log(z: np.ndarray, top: float, total: float) -> np.ndarray:  # [n]
-    """log(max(p, 1e-10)) of the tokens whose logits are z [n], in a row of max `top` and exp-sum `total`."""
-    lp = z - z.dtype.type(top)  # exact near the top: the max is one of the row's own float values
-    lp -= lp.dtype.type(math.log(total))
-    return np.maximum(lp, lp.dtype.type(_LOG_EPS), out=lp)
-
-
-def _bucket(e: np.ndarray, total: float, top: np.ndarray) -> np.ndarray:  # [n+1] float64
-    """The distribution e / total [V] restricted to the tokens `top` [n], plus one bucket for the rest."""
-    pt = e[top].astype(np.float64) / total
-    return np.append(pt, max(1.0 - pt.sum(), 0.0))
-
-
-def _divergence(
-    kind: str,
-    p: np.ndarray,  # [n] probabilities
-    lp: np.ndarray | None,  # [n] log(max(p, 1e-10)); tv: unused
-    q: np.ndarray,  # [n]
-    lq: np.ndarray | None,  # [n] log(max(q, 1e-10)); tv: unused
-) -> float:
-    """The divergence `kind` between p and q, given both and their floored logs."""
-    if kind == "tv":
-        return 0.5 * float(np.abs(p - q).sum())
-    if kind == "kl":
-        return _dot(q, lq - lp)
-    m = p + q
-    m *= 0.5
-    lm = np.log(np.maximum(m, m.dtype.type(_EPS)))
-    if kind == "js":  # 0.5 KL(m || p) + 0.5 KL(m || q)
-        return _dot(m, lm - 0.5 * (lp + lq))
-    return 0.5 * _dot(p, lp - lm) + 0.5 * _dot(q, lq - lm)  # js-sym
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """sum(a * b), summed pairwise (numpy's sum): float32 BLAS dot products accumulate far less exactly."""
-    return float(np.multiply(a, b).sum())
+def _f32(z: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(z, dtype=np.float32)

@@ -1,9 +1,13 @@
-"""Logits -> probabilities (temperature, top-k, top-p, min-p) and seeded sampling. Pure numpy, no model.
+"""Logits -> probabilities (temperature, top-k, top-p, min-p) and seeded sampling. No model.
 
 Warping order follows llama.cpp's default sampler chain: top-k, then top-p, then min-p, each on the
 temperature-1 distribution of the tokens still in play, and temperature last, on the survivors only. So the
 set of candidate tokens does not depend on the temperature; the temperature only reshapes the mass among
 them. Greedy (temperature 0) ignores the truncations: the argmax survives all of them anyway.
+
+Rows are float32 logits over vocabularies of up to ~256k tokens, on the critical path of every verification
+round: full-row normalisers go through the fused C kernel (edge_spec/_rowmath.c), truncations select
+candidates by comparing logits instead of sorting, and sampling searches block sums, not a full cumsum.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_spec import _rowmath
 from edge_spec.errors import ConfigError
 
 _TOP_P_CUTS = (1e-1, 1e-3, 1e-6, 0.0)  # top-p candidates: weights relative to the top token (see _top_p)
@@ -53,10 +58,9 @@ def make_rng(seed: int | None) -> np.random.Generator:
 class Warped:
     """The warped next-token distributions of n rows of logits, each row computed on its first use.
 
-    Row i is held as the ids of the tokens that survive truncation (None = every token) and their
-    unnormalised weights exp((z - max z) / T) in the logits' own float type (float32 from llama.cpp), so
-    one row costs about one exp pass over its survivors. A rule that stops at its first rejected row
-    never computes the rows after it. Greedy: row i is one-hot at argmax z_i.
+    Row i keeps the tokens surviving truncation and, for reading p_i(x), only its log normaliser (a fused
+    C pass over an untruncated row); whole rows are built only to sample from them. A rule that stops at
+    its first rejected row never touches the rows after it. Greedy: row i is one-hot at argmax z_i.
     """
 
     def __init__(
@@ -68,21 +72,19 @@ class Warped:
         if self.logits.ndim != 2 or self.logits.shape[1] == 0:
             raise ValueError(f"logits must have shape [n, V] with V > 0, got {self.logits.shape}")
         self.cfg = cfg
-        self._rows: dict[int, tuple[np.ndarray | None, np.ndarray, float]] = {}
+        self._given = False  # rows are probabilities taken as they are (from_probs)
+        self._keep: dict[int, np.ndarray | None] = {}
+        self._log_totals: dict[int, float] = {}
 
     @classmethod
     def from_probs(cls, probs: np.ndarray) -> Warped:
         """Rows of probabilities [n, V] taken as they are (each row sums to 1): hand-built cases."""
-        dists = cls(np.asarray(probs), SamplingConfig(temperature=1.0))
-        dists._rows = {i: (None, row, 1.0) for i, row in enumerate(dists.logits)}
-        return dists
+        rows = cls(probs, SamplingConfig(temperature=1.0))
+        rows._given = True
+        return rows
 
     def __len__(self) -> int:
         return self.logits.shape[0]
-
-    @property
-    def vocab(self) -> int:
-        return self.logits.shape[1]
 
     def argmax(self, i: int) -> int:
         """The most likely token of row i (truncation keeps it and temperature does not move it)."""
@@ -90,43 +92,63 @@ class Warped:
 
     def prob(self, i: int, x: int) -> float:
         """Probability of token x in row i."""
-        ids, w, total = self._row(i)
-        if ids is None:
-            return float(w[x]) / total
-        at = np.flatnonzero(ids == x)
-        return float(w[at[0]]) / total if at.size else 0.0
+        z = self.logits[i]
+        if self._given:
+            return float(z[x])
+        if self.cfg.greedy:
+            return float(x == self.argmax(i))
+        keep = self._survivors(i)
+        if keep is not None and not (keep == x).any():
+            return 0.0
+        return math.exp(float(z[x]) / self.cfg.temperature - self._log_total(i))
 
     def dense(self, i: int) -> np.ndarray:  # [V], the logits' float type
         """Row i as probabilities over the whole vocabulary (0 for truncated tokens)."""
-        ids, w, total = self._row(i)
+        ids, w = self._weights(i)
+        w = w / w.sum(dtype=np.float64).astype(w.dtype)
         if ids is None:
-            return w / np.asarray(total, dtype=w.dtype)
-        out = np.zeros(self.vocab, dtype=w.dtype)
-        out[ids] = w / np.asarray(total, dtype=w.dtype)
+            return w
+        out = np.zeros(self.logits.shape[1], dtype=w.dtype)
+        out[ids] = w
         return out
 
     def sample(self, i: int, rng: np.random.Generator) -> int:
         """One token drawn from row i with a single `rng.random()` (see `sample`)."""
-        ids, w, _ = self._row(i)
+        ids, w = self._weights(i)
         j = sample(w, rng)
         return j if ids is None else int(ids[j])
 
-    def _row(self, i: int) -> tuple[np.ndarray | None, np.ndarray, float]:
-        """(survivor ids or None, their weights, the weights' sum) of row i, computed once."""
-        row = self._rows.get(i)
-        if row is None:
-            z = self.logits[i]
-            if self.cfg.greedy:
-                row = np.array([z.argmax()]), np.ones(1, dtype=z.dtype), 1.0
+    def _survivors(self, i: int) -> np.ndarray | None:
+        """Ids of the tokens of row i that survive truncation; None when all do."""
+        if i not in self._keep:
+            self._keep[i] = _truncate(self.logits[i], self.cfg)
+        return self._keep[i]
+
+    def _log_total(self, i: int) -> float:
+        """log sum over the survivors of row i of exp(z / T)."""
+        if i not in self._log_totals:
+            keep, scale = self._survivors(i), 1.0 / self.cfg.temperature
+            if keep is None:
+                total = _rowmath.logsumexp(np.ascontiguousarray(self.logits[i], dtype=np.float32), scale)
             else:
-                ids = _truncate(z, self.cfg)
-                zk = z if ids is None else z[ids]
-                w = np.subtract(zk, zk.max(), dtype=_float(zk))
-                w *= w.dtype.type(1.0 / self.cfg.temperature)
-                np.exp(w, out=w)
-                row = ids, w, float(w.sum(dtype=np.float64))
-            self._rows[i] = row
-        return row
+                zk = self.logits[i][keep].astype(np.float64)
+                top = zk.max()
+                total = scale * top + math.log(np.exp(scale * (zk - top)).sum())
+            self._log_totals[i] = total
+        return self._log_totals[i]
+
+    def _weights(self, i: int) -> tuple[np.ndarray | None, np.ndarray]:  # ids [n] or None, weights [n]
+        """Unnormalised weights of row i's survivors, exp((z - max z) / T) in the logits' float type."""
+        z = self.logits[i]
+        if self._given:
+            return None, z
+        if self.cfg.greedy:
+            return np.array([z.argmax()]), np.ones(1, dtype=_float(z))
+        ids = self._survivors(i)
+        zk = z if ids is None else z[ids]
+        w = np.subtract(zk, zk.max(), dtype=_float(zk))
+        w *= w.dtype.type(1.0 / self.cfg.temperature)
+        return ids, np.exp(w, out=w)
 
 
 def warp(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
@@ -205,17 +227,19 @@ def _top_p(z: np.ndarray, top_p: float) -> np.ndarray:
 
     Only candidates whose weight relative to the most likely token is at least 0.1 (then 1e-3, 1e-6, then
     all) are sorted, stopping at the first candidate set that holds the mass: every token left out weighs
-    less than every candidate, so the sorted candidates are the sorted prefix of the whole.
+    less than every candidate, so the sorted candidates are the sorted prefix of the whole. The total mass
+    comes from one fused log-sum-exp pass; candidates are found by comparing logits, without an exp pass.
     """
-    w = np.exp(np.subtract(z, z.max(), dtype=_float(z)))
-    need = top_p * float(w.sum(dtype=np.float64))
+    top = float(z.max())
+    need = top_p * math.exp(_rowmath.logsumexp(np.ascontiguousarray(z, dtype=np.float32), 1.0) - top)
     for cut in _TOP_P_CUTS:
-        cand = np.flatnonzero(w >= cut)
-        if cut == 0.0 or w[cand].sum(dtype=np.float64) >= need:
+        cand = np.flatnonzero(z >= top + math.log(cut)) if cut > 0.0 else np.arange(z.size)
+        w = np.exp(z[cand].astype(np.float64) - top)
+        if cut == 0.0 or w.sum() >= need:
             break
-    order = cand[np.argsort(-w[cand], kind="stable")]
-    cum = np.cumsum(w[order], dtype=np.float64)
-    return order[: min(int(np.searchsorted(cum, need)) + 1, order.size)]
+    order = np.argsort(-w, kind="stable")
+    cum = np.cumsum(w[order])
+    return cand[order[: min(int(np.searchsorted(cum, need)) + 1, order.size)]]
 
 
 def _float(a: np.ndarray) -> np.dtype:

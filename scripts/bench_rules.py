@@ -11,7 +11,7 @@ the proposer's rows are the verifier's plus N(0, 1) noise. Each rule is timed on
   - draft sampling: one warped draw per row, as the drafter makes it; confidence(): per row.
 
 ms per row is the median time of one call divided by its rows; x floor divides that by the median time per
-row of `floor`, a vectorised float32 log-sum-exp over the same rows, measured in the same run.
+row of `floor`, a vectorised float32 log-sum-exp over the same rows, the rules and the floor timed in turn.
 
     python scripts/bench_rules.py                         # V in {32000, 128256, 151936}, k in {1, 4, 16, 25}
     python scripts/bench_rules.py --vocab 151936 --rows 16 --json
@@ -58,10 +58,10 @@ def synthetic_rows(rng: np.random.Generator, k: int, vocab: int) -> tuple[np.nda
     return p, p + rng.normal(0.0, 1.0, size=p.shape).astype(np.float32)
 
 
-def floor(p: np.ndarray) -> float:
-    """One float32 log-sum-exp pass per row (the practical floor of any rule that normalises a row)."""
-    m = p.max(axis=1, keepdims=True)
-    return float((m[:, 0] + np.log(np.exp(p - m).sum(axis=1))).sum())
+def floor(p: np.ndarray) -> list[float]:
+    """One float32 log-sum-exp pass per row (the practical floor of any rule that normalises a row); row by
+    row, which keeps a row's temporaries in cache and beats one pass over all rows at once."""
+    return [float(m + np.log(np.exp(row - m).sum())) for row in p for m in (row.max(),)]
 
 
 def cases(p: np.ndarray, q: np.ndarray) -> dict[str, Case]:
@@ -99,16 +99,19 @@ def cases(p: np.ndarray, q: np.ndarray) -> dict[str, Case]:
     return out
 
 
-def per_row_ms(case: Case, rows: int, budget: float) -> float:
-    """Median ms per row of `case` over repeats filling about `budget` seconds (at least 5)."""
-    case()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 5 or time.perf_counter() - start < budget:
-        t0 = time.perf_counter()
+def per_row_ms(named: dict[str, Case], rows: int, budget: float) -> dict[str, float]:
+    """Median ms per row of each case, the cases run in turn (round-robin) for about `budget` seconds
+    each (at least 5 rounds), so that a change in machine load hits every case alike."""
+    times: dict[str, list[float]] = {name: [] for name in named}
+    for case in named.values():
         case()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3 / rows
+    start = time.thread_time()
+    while len(times[next(iter(named))]) < 5 or time.thread_time() - start < budget * len(named):
+        for name, case in named.items():
+            t0 = time.thread_time()
+            case()
+            times[name].append(time.thread_time() - t0)
+    return {name: statistics.median(t) * 1e3 / rows for name, t in times.items()}
 
 
 @click.command()
@@ -121,7 +124,7 @@ def main(vocabs: tuple[int, ...], ks: tuple[int, ...], budget: float, as_json: b
     for vocab in vocabs:
         for k in ks:
             p, q = synthetic_rows(np.random.default_rng(vocab + k), k, vocab)
-            timed = {name: per_row_ms(case, k, budget) for name, case in cases(p, q).items()}
+            timed = per_row_ms(cases(p, q), k, budget)
             base = timed["floor (float32 log-sum-exp)"]
             for name, ms in timed.items():
                 results.setdefault(name, {}).setdefault(str(vocab), {})[str(k)] = ms
