@@ -567,7 +567,8 @@ def bench_command(**o: Any) -> None:
         pass_timeout=o["pass_timeout"],
     )
     binary = find_peer(o["llama_cpp_bin"])
-    config = LoadOptions.pick(o).tier_config()
+    tier_options = ("ctx", "batch", "gpu_layers", "cache_type", "flash_attn", "threads")
+    config = LoadOptions(**{k: o[k] for k in tier_options}).tier_config()
     tiers = bench.Tiers.load(
         o["target_ref"] or DEFAULT_MODEL, o["draft_refs"] or (NGRAM,), o["qualifier_ref"], config
     )

@@ -74,7 +74,8 @@ def test_bad_presets(text: str, message: str) -> None:
 
 @pytest.fixture
 def captured_open(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Pyramid.open replaced by a recorder that stops the run with a clean error."""
+    """Pyramid.open replaced by a recorder that stops the run with a clean error (the references reach it
+    unresolved: the command resolves them first, which would download)."""
     seen: dict[str, Any] = {}
 
     def fake_open(target: str, **kwargs: Any) -> None:
@@ -82,6 +83,7 @@ def captured_open(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         raise EdgeSpecError("stopped after recording")
 
     monkeypatch.setattr(Pyramid, "open", fake_open)
+    monkeypatch.setattr(models, "resolve", lambda ref: ref)
     return seen
 
 
