@@ -447,8 +447,11 @@ def fetch(names: tuple[str, ...]) -> None:
 def derive_command(target: str, kind: str, out: Path | None, threads: int) -> None:
     """Write a draft derived from TARGET (a GGUF path or model reference): requantized (q8_0, q4_0, q2_k,
     mxfp4) and/or keeping only its first N blocks (prune:N). Prints the draft's path; details go to stderr."""
+    from edge_spec import checks
+    from edge_spec.backend import MAX_THREADS
     from edge_spec.derive import derive
 
+    checks.integer("threads", threads, least=0, most=MAX_THREADS)
     derived = derive(target, kind, out, threads=threads)
     for note in derived.notes():
         click.echo(f"edge-spec: {note}", err=True)
