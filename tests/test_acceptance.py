@@ -10,6 +10,7 @@ import pytest
 
 from edge_spec.acceptance import (
     DIVERGENCES,
+    LazyDivergence,
     Verdict,
     divergence,
     fuzzy_verify,
@@ -268,6 +269,93 @@ def test_divergence_rejects_bad_arguments() -> None:
         divergence(p, p, top_k=0)
     with pytest.raises(ValueError, match="shape"):
         divergence(p, p[:1])
+
+
+# --- divergence against the float64 reference ------------------------------------------------------
+
+EPS = 1e-10
+PRECISION = 1e-5  # absolute: the float32 kernel against the float64 definition
+
+
+def reference_divergence(p_logits: np.ndarray, q_logits: np.ndarray, kind: str, top_k: int | None) -> float:
+    """The definition in float64 (acceptance.divergence's docstring), one pair of rows [V]."""
+
+    def kl(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a * (np.log(np.maximum(a, EPS)) - np.log(np.maximum(b, EPS)))).sum())
+
+    p, q = softmax(p_logits.astype(np.float64)), softmax(q_logits.astype(np.float64))
+    if top_k is not None and top_k < p.size:
+        top = np.argsort(-p_logits.astype(np.float64), kind="stable")[:top_k]
+        p = np.append(p[top], max(1.0 - p[top].sum(), 0.0))
+        q = np.append(q[top], max(1.0 - q[top].sum(), 0.0))
+    m = 0.5 * (p + q)
+    return {
+        "tv": lambda: 0.5 * float(np.abs(p - q).sum()),
+        "kl": lambda: kl(q, p),
+        "js": lambda: 0.5 * kl(m, p) + 0.5 * kl(m, q),
+        "js-sym": lambda: 0.5 * kl(p, m) + 0.5 * kl(q, m),
+    }[kind]()
+
+
+def random_rows(rng: np.random.Generator, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """A pair of float32 logits rows [V]: any scale (extreme included), some -inf entries, some ties."""
+    scale = float(rng.choice([0.01, 1.0, 3.0, 10.0, 40.0]))
+    p = (rng.normal(size=vocab) * scale).astype(np.float32)
+    q = (p + rng.normal(size=vocab) * rng.choice([0.0, 0.1, 1.0, scale])).astype(np.float32)
+    if vocab > 2 and rng.random() < 0.3:  # masked tokens (a grammar, a banned token), never all of them
+        p[rng.choice(vocab - 1, size=max(1, vocab // 5), replace=False) + 1] = -np.inf
+    if vocab > 2 and rng.random() < 0.3:
+        q[rng.choice(vocab - 1, size=max(1, vocab // 5), replace=False) + 1] = -np.inf
+    if rng.random() < 0.3:  # ties
+        p[: vocab // 2] = p[0]
+    if rng.random() < 0.2:  # a row in the positive range of real logits
+        p += np.float32(25.0)
+    return p, q
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_divergence_matches_float64_reference_on_random_rows(kind: str) -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(150):
+        vocab = int(rng.choice([2, 3, 17, 600, 5000, 33000]))
+        p, q = random_rows(rng, vocab)
+        top_k = rng.choice([None, 1, 50])
+        if top_k is not None and rng.random() < 0.5:  # a tie across the top-k boundary is ambiguous
+            continue
+        got = divergence(p[None], q[None], kind, top_k)[0]
+        assert abs(got - reference_divergence(p, q, kind, top_k)) < PRECISION, (vocab, top_k)
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_divergence_matches_float64_reference_at_qwen_size(kind: str) -> None:
+    rng = np.random.default_rng(12)
+    p = rng.normal(0.0, 3.0, size=(3, 151_936)).astype(np.float32)
+    p[:, :8] += 20.0  # a confident head 20-30 nats over the bulk, as in Qwen2.5's rows
+    q = p + rng.normal(size=p.shape).astype(np.float32) * np.float32([[0.01], [0.5], [3.0]])
+    for top_k in (None, 50):
+        got = divergence(p, q, kind, top_k)
+        want = [reference_divergence(a, b, kind, top_k) for a, b in zip(p, q, strict=True)]
+        np.testing.assert_allclose(got, want, rtol=0, atol=PRECISION)
+
+
+def test_divergence_of_a_row_with_itself_is_zero_and_rows_are_independent() -> None:
+    rng = np.random.default_rng(13)
+    p = rng.normal(size=(4, 1000)).astype(np.float32) * 5
+    for kind in DIVERGENCES:
+        np.testing.assert_allclose(divergence(p, p, kind), 0.0, atol=1e-6)
+    q = p[::-1].copy()
+    both = divergence(p, q, "js")
+    assert [divergence(p[i : i + 1], q[i : i + 1], "js")[0] for i in range(4)] == list(both)
+
+
+def test_lazy_divergence_computes_only_the_rows_read() -> None:
+    p = np.zeros((3, 4), dtype=np.float32)
+    q = np.log(np.array([[0.7, 0.1, 0.1, 0.1]] * 3, dtype=np.float32))
+    q[2] = np.nan  # a row never read must not matter
+    lazy = LazyDivergence(p, q, "tv")
+    assert lazy.shape == (3,)
+    assert lazy[1] == pytest.approx(0.45, abs=1e-6)
+    assert sorted(lazy._values) == [1]
 
 
 # --- fuzzy_verify -------------------------------------------------------------------------------

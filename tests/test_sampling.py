@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from edge_spec import _rowmath
 from edge_spec.errors import ConfigError
-from edge_spec.sampling import SamplingConfig, make_rng, sample, warp
+from edge_spec.sampling import SamplingConfig, Warped, make_rng, sample, warp
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -204,3 +205,53 @@ def test_sample_rejects_empty_or_zero_mass() -> None:
         sample(np.zeros(4), make_rng(0))
     with pytest.raises(ValueError):
         sample(np.zeros(0), make_rng(0))
+
+
+# --- Warped: p(x) from the row's normaliser alone ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SamplingConfig(temperature=0.8),
+        SamplingConfig(temperature=1.7, top_k=40),
+        SamplingConfig(temperature=0.8, top_p=0.95),
+        SamplingConfig(temperature=0.5, min_p=0.05),
+        SamplingConfig(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05),
+        SamplingConfig(),
+    ],
+)
+def test_warped_prob_matches_the_dense_reference(cfg: SamplingConfig) -> None:
+    rng = np.random.default_rng(21)
+    logits = read_only(rng.normal(size=(3, 151_936)) * 3)
+    rows = Warped(logits, cfg)
+    for i, row in enumerate(logits):
+        want = reference_warp(row, cfg) if not cfg.greedy else (np.arange(row.size) == row.argmax()) * 1.0
+        for x in [int(row.argmax()), *np.argsort(-row)[1:30:7].tolist(), int(row.argmin())]:
+            assert rows.prob(i, x) == pytest.approx(want[x], rel=1e-5, abs=1e-12)
+
+
+def test_warped_reads_only_the_rows_asked_for() -> None:
+    logits = np.zeros((3, 10), dtype=np.float32)
+    logits[2] = np.nan  # never read
+    rows = Warped(logits, SamplingConfig(temperature=1.0))
+    assert rows.prob(0, 3) == pytest.approx(0.1)
+    assert rows.sample(1, make_rng(0)) in range(10)
+
+
+def test_sample_two_level_search_over_a_large_row() -> None:
+    probs = np.zeros(5000, dtype=np.float32)
+    probs[[0, 1023, 1024, 2047, 4999]] = [0.1, 0.2, 0.3, 0.15, 0.25]  # on block edges
+    rng = make_rng(5)
+    counts = np.bincount([sample(probs, rng) for _ in range(20_000)], minlength=5000)
+    assert counts.sum() == counts[[0, 1023, 1024, 2047, 4999]].sum()
+    assert np.abs(counts[[0, 1023, 1024, 2047, 4999]] / 20_000 - [0.1, 0.2, 0.3, 0.15, 0.25]).max() < 0.015
+
+
+def test_rowmath_kernel_edges() -> None:
+    assert _rowmath.logsumexp(np.full(7, -np.inf, dtype=np.float32), 1.0) == -np.inf
+    assert _rowmath.logsumexp(np.array([0.0, 0.0], dtype=np.float32), 2.0) == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match="same length"):
+        _rowmath.divergence("js", np.zeros(3, dtype=np.float32), np.zeros(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        _rowmath.logsumexp(b"", 1.0)
