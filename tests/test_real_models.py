@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_acceptance import reference_divergence
 
+from edge_spec.acceptance import DIVERGENCES, divergence
 from edge_spec.api import Pyramid
 from edge_spec.backend import Tier, TierConfig
 from edge_spec.models import DEFAULT_MODEL, fetch_carried
@@ -66,3 +68,17 @@ def test_speculative_output_stays_on_the_greedy_path(
         assert len(out.token_ids) > 40
         if draft == "self" or qualifier == "self":
             assert out.stats.stages[-1].accepted / out.stats.stages[-1].proposed > 0.9
+
+
+def test_divergences_of_real_rows_match_the_float64_definition(target: Tier) -> None:
+    """Rows of a real model (49,152 logits each) at the same positions under two different contexts."""
+    p_rows = target.score(
+        target.tokenize("The capital of France is Paris. The capital of Italy is"), 8
+    ).copy()
+    q_rows = target.score(target.tokenize("Paris is in France. Rome, the capital of Italy, is"), 8).copy()
+    for kind in DIVERGENCES:
+        for top_k in (None, 50):
+            got = divergence(p_rows, q_rows, kind, top_k)
+            want = [reference_divergence(p, q, kind, top_k) for p, q in zip(p_rows, q_rows, strict=True)]
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+            assert max(want) > 0.05  # different contexts: the rows really differ
