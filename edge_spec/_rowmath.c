@@ -10,6 +10,11 @@
  * edge_spec.sampling pass numpy arrays):
  *   logsumexp(z, scale) -> float          log sum exp(scale * z)
  *   divergence(kind, zp, zq) -> float     kind in "js", "js-sym", "kl", "tv" (see acceptance.divergence)
+ *   sample_softmax(z, scale, u, skip)     the token drawn from softmax(scale * z) for uniform u in [0, 1),
+ *                                         token `skip` excluded (-1: none); -1 when nothing weighs
+ *   sample_residual(zp, zq, scale, lp, lq, u)
+ *                                         the token drawn from max(0, p - q), p = exp(scale * zp - lp),
+ *                                         q = exp(scale * zq - lq); -1 when the residual is all zero
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -88,6 +93,70 @@ TERM_SUM(kl_sum, { acc += q * (fq - fp); })
 /* 0.5 sum |p - q| */
 TERM_SUM(tv_sum, { acc += 0.5f * fabsf(p - q); })
 
+/* Inverse-CDF draws. A row's weights: softmax, exp(scale * (zp - top)) unnormalised; or residual,
+ * max(0, exp(scale * zp - lp) - exp(scale * zq - lq)) with lp, lq the rows' log normalisers. One vectorised
+ * pass sums each block of BLOCK weights (float32 in the block, double across blocks); the block holding
+ * u * total is then scanned token by token. */
+typedef struct {
+    const float *zp, *zq; /* zq NULL: softmax weights */
+    float scale, top, lp, lq;
+} Weights;
+
+static inline float weight(const Weights *w, Py_ssize_t i) {
+    if (!w->zq) return expf(fmaxf(w->scale * (w->zp[i] - w->top), LOW));
+    return fmaxf(expf(fmaxf(w->scale * w->zp[i] - w->lp, LOW)) - expf(fmaxf(w->scale * w->zq[i] - w->lq, LOW)), 0.0f);
+}
+
+static CLONES void block_sums(const Weights *w, Py_ssize_t n, double *sums) {
+    const float *zp = w->zp, *zq = w->zq;
+    const float scale = w->scale, top = w->top, lp = w->lp, lq = w->lq;
+    for (Py_ssize_t b = 0; b < n; b += BLOCK) {
+        Py_ssize_t end = b + BLOCK < n ? b + BLOCK : n;
+        float acc = 0.0f;
+        if (!zq) {
+#pragma omp simd reduction(+ : acc)
+            for (Py_ssize_t i = b; i < end; i++) acc += expf(fmaxf(scale * (zp[i] - top), LOW));
+        } else {
+#pragma omp simd reduction(+ : acc)
+            for (Py_ssize_t i = b; i < end; i++)
+                acc += fmaxf(expf(fmaxf(scale * zp[i] - lp, LOW)) - expf(fmaxf(scale * zq[i] - lq, LOW)), 0.0f);
+        }
+        sums[b / BLOCK] = acc;
+    }
+}
+
+/* The last token in [from, to) with weight, other than `skip`; -1 if none. */
+static Py_ssize_t last_weighing(const Weights *w, Py_ssize_t from, Py_ssize_t to, Py_ssize_t skip) {
+    for (Py_ssize_t i = to - 1; i >= from; i--)
+        if (i != skip && weight(w, i) > 0.0f) return i;
+    return -1;
+}
+
+/* The drawn token for uniform u in [0, 1), token `skip` weighing 0 (-1: none); -1 when no token weighs. */
+static Py_ssize_t draw(const Weights *w, Py_ssize_t n, double u, Py_ssize_t skip, double *sums) {
+    Py_ssize_t blocks = (n + BLOCK - 1) / BLOCK;
+    block_sums(w, n, sums);
+    if (skip >= 0) sums[skip / BLOCK] = fmax(sums[skip / BLOCK] - weight(w, skip), 0.0);
+    double total = 0.0;
+    for (Py_ssize_t b = 0; b < blocks; b++) total += sums[b];
+    if (!(total > 0.0)) return -1;
+    double target = u * total;
+    Py_ssize_t b = 0;
+    while (b + 1 < blocks && target >= sums[b]) target -= sums[b++];
+    Py_ssize_t end = (b + 1) * BLOCK < n ? (b + 1) * BLOCK : n;
+    double acc = 0.0;
+    for (Py_ssize_t i = b * BLOCK; i < end; i++) {
+        float wi = i == skip ? 0.0f : weight(w, i);
+        acc += wi;
+        if (wi > 0.0f && acc > target) return i;
+    }
+    for (; b >= 0; b--) { /* the target was lost to rounding: the last token with weight */
+        Py_ssize_t token = last_weighing(w, b * BLOCK, (b + 1) * BLOCK < n ? (b + 1) * BLOCK : n, skip);
+        if (token >= 0) return token;
+    }
+    return -1;
+}
+
 /* A float32 row from a buffer; 0 and a Python error if it is not one. */
 static Py_ssize_t float_row(Py_buffer *buf, const char *name) {
     if (buf->len % sizeof(float) != 0 || buf->len == 0) {
@@ -144,9 +213,57 @@ static PyObject *py_divergence(PyObject *self, PyObject *args) {
     return PyErr_Occurred() ? NULL : PyFloat_FromDouble(out);
 }
 
+static PyObject *sample_result(Weights *w, Py_ssize_t n, double u, Py_ssize_t skip) {
+    double *sums = PyMem_Malloc(sizeof(double) * (size_t)((n + BLOCK - 1) / BLOCK));
+    if (!sums) return PyErr_NoMemory();
+    Py_ssize_t token;
+    Py_BEGIN_ALLOW_THREADS token = draw(w, n, u, skip, sums);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(sums);
+    return PyLong_FromSsize_t(token);
+}
+
+static PyObject *py_sample_softmax(PyObject *self, PyObject *args) {
+    Py_buffer z;
+    float scale;
+    double u;
+    Py_ssize_t skip;
+    if (!PyArg_ParseTuple(args, "y*fdn", &z, &scale, &u, &skip)) return NULL;
+    Py_ssize_t n = float_row(&z, "z");
+    PyObject *out = NULL;
+    if (n && skip >= n) {
+        PyErr_SetString(PyExc_ValueError, "skip must be a token id or -1");
+    } else if (n) {
+        Weights w = {(const float *)z.buf, NULL, scale, row_max((const float *)z.buf, n), 0.0f, 0.0f};
+        out = sample_result(&w, n, u, skip);
+    }
+    PyBuffer_Release(&z);
+    return out;
+}
+
+static PyObject *py_sample_residual(PyObject *self, PyObject *args) {
+    Py_buffer zp, zq;
+    float scale, lp, lq;
+    double u;
+    if (!PyArg_ParseTuple(args, "y*y*fffd", &zp, &zq, &scale, &lp, &lq, &u)) return NULL;
+    Py_ssize_t n = float_row(&zp, "zp");
+    PyObject *out = NULL;
+    if (n && zq.len != zp.len) {
+        PyErr_SetString(PyExc_ValueError, "zp and zq must have the same length");
+    } else if (n) {
+        Weights w = {(const float *)zp.buf, (const float *)zq.buf, scale, 0.0f, lp, lq};
+        out = sample_result(&w, n, u, -1);
+    }
+    PyBuffer_Release(&zp);
+    PyBuffer_Release(&zq);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"logsumexp", py_logsumexp, METH_VARARGS, "log sum exp(scale * z) of a float32 row."},
     {"divergence", py_divergence, METH_VARARGS, "divergence(kind, zp, zq) of two float32 logits rows."},
+    {"sample_softmax", py_sample_softmax, METH_VARARGS, "sample_softmax(z, scale, u, skip) -> token"},
+    {"sample_residual", py_sample_residual, METH_VARARGS, "sample_residual(zp, zq, scale, lp, lq, u) -> token"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from edge_spec import _rowmath
 from edge_spec.errors import ConfigError
-from edge_spec.sampling import Warped, sample, top_k_ids
+from edge_spec.sampling import Warped, top_k_ids
 
 DIVERGENCES = ("js", "js-sym", "kl", "tv")
 
@@ -208,13 +208,9 @@ def _lossless_accepts(u: float, p: Warped, q: Warped | None, i: int, x: int) -> 
 
 def _draw_residual(p: Warped, q: Warped | None, i: int, x: int, rng: np.random.Generator) -> int:
     """A draw from max(0, p_i - q_i) (one-hot q: p_i without token x); from p_i if that is all zero."""
-    r = p.dense(i)  # [V], a fresh array
-    if q is None:
-        r[x] = 0.0
-    else:
-        r -= q.dense(i)
-        np.maximum(r, 0.0, out=r)
-    return sample(r, rng) if r.any() else p.sample(i, rng)
+    u = rng.random()
+    token = p.draw_residual(i, q, x, u)
+    return token if token >= 0 else p.draw(i, u)
 
 
 def _check_divergence(p_logits: np.ndarray, q_logits: np.ndarray, kind: str, top_k: int | None) -> None:

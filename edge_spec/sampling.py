@@ -35,6 +35,14 @@ class SamplingConfig:
     seed: int | None = None  # RNG seed for sampling; None = fresh OS entropy
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "min_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        seed = self.seed
+        integer = isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+        if seed is not None and (not integer or seed < 0):
+            raise ConfigError(f"seed must be an integer >= 0 or None, got {seed!r}")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
@@ -114,9 +122,41 @@ class Warped:
 
     def sample(self, i: int, rng: np.random.Generator) -> int:
         """One token drawn from row i with a single `rng.random()` (see `sample`)."""
-        ids, w = self._weights(i)
-        j = sample(w, rng)
-        return j if ids is None else int(ids[j])
+        return self.draw(i, rng.random())
+
+    def draw(self, i: int, u: float) -> int:
+        """The token of row i at uniform u in [0, 1), by inverse CDF."""
+        if not self._fused(i):
+            ids, w = self._weights(i)
+            j = _inverse_cdf(w, u)
+            return j if ids is None else int(ids[j])
+        token = _rowmath.sample_softmax(self._row32(i), 1.0 / self.cfg.temperature, u, -1)
+        if token < 0:
+            raise ValueError(f"row {i} has no token with positive probability")
+        return token
+
+    def draw_residual(self, i: int, q: Warped | None, x: int, u: float) -> int:
+        """The token at uniform u from max(0, p_i - q_i), this row p_i (q None: p_i without token x); -1
+        when that is all zero."""
+        if self._fused(i) and (q is None or (q._fused(i) and q.cfg.temperature == self.cfg.temperature)):
+            scale, row = 1.0 / self.cfg.temperature, self._row32(i)
+            if q is None:
+                return _rowmath.sample_softmax(row, scale, u, x)
+            return _rowmath.sample_residual(row, q._row32(i), scale, self._log_total(i), q._log_total(i), u)
+        r = self.dense(i)  # [V], a fresh array
+        if q is None:
+            r[x] = 0.0
+        else:
+            r -= q.dense(i)
+            np.maximum(r, 0.0, out=r)
+        return _inverse_cdf(r, u) if r.any() else -1
+
+    def _fused(self, i: int) -> bool:
+        """Whether row i is a whole-vocabulary softmax of logits, which the C kernel draws from."""
+        return not self._given and not self.cfg.greedy and self._survivors(i) is None
+
+    def _row32(self, i: int) -> np.ndarray:  # [V] float32, C-contiguous
+        return np.ascontiguousarray(self.logits[i], dtype=np.float32)
 
     def _survivors(self, i: int) -> np.ndarray | None:
         """Ids of the tokens of row i that survive truncation; None when all do."""
@@ -129,7 +169,7 @@ class Warped:
         if i not in self._log_totals:
             keep, scale = self._survivors(i), 1.0 / self.cfg.temperature
             if keep is None:
-                total = _rowmath.logsumexp(np.ascontiguousarray(self.logits[i], dtype=np.float32), scale)
+                total = _rowmath.logsumexp(self._row32(i), scale)
             else:
                 zk = self.logits[i][keep].astype(np.float64)
                 top = zk.max()
@@ -168,23 +208,29 @@ def sample(weights: np.ndarray, rng: np.random.Generator) -> int:
     """One token id from a 1-D distribution by inverse CDF on a single `rng.random()` draw.
 
     `weights` need not be normalised (they are scaled by their sum); tokens of weight 0 are never drawn.
+    """
+    return _inverse_cdf(np.asarray(weights), rng.random())
+
+
+def _inverse_cdf(w: np.ndarray, u: float) -> int:
+    """The index where the cumulative sum of weights w [n] first exceeds u * sum(w), for u in [0, 1).
+
     Large rows are searched in two levels (block sums, then one block's cumulative sum, in float64), so a
     draw costs about one summing pass instead of a full-length cumulative sum.
     """
-    w = np.asarray(weights)
     if w.ndim != 1 or w.size == 0:
         raise ValueError("sample() needs a non-empty 1-D distribution with positive mass")
     starts = np.arange(0, w.size, _SAMPLE_BLOCK)
     cdf = np.cumsum(np.add.reduceat(w, starts, dtype=np.float64))  # [blocks]
     if not cdf[-1] > 0:
         raise ValueError("sample() needs a non-empty 1-D distribution with positive mass")
-    u = rng.random() * cdf[-1]
-    b = int(np.searchsorted(cdf, u, side="right"))
+    target = u * cdf[-1]
+    b = int(np.searchsorted(cdf, target, side="right"))
     if b == cdf.size:  # u rounded up to the total: take the last token with mass
         return int(np.flatnonzero(w)[-1])
     block = w[starts[b] : starts[b] + _SAMPLE_BLOCK]
     local = np.cumsum(block, dtype=np.float64)
-    j = int(np.searchsorted(local, u - (cdf[b - 1] if b else 0.0), side="right"))
+    j = int(np.searchsorted(local, target - (cdf[b - 1] if b else 0.0), side="right"))
     if j == block.size:  # rounding between the two levels: the block's last token with mass
         j = int(np.flatnonzero(block)[-1])
     return int(starts[b]) + j

@@ -19,7 +19,7 @@ from edge_spec.acceptance import (
     validate_tau,
 )
 from edge_spec.errors import ConfigError
-from edge_spec.sampling import make_rng, sample
+from edge_spec.sampling import SamplingConfig, Warped, make_rng, sample
 
 
 class SeqRng:
@@ -440,3 +440,45 @@ def test_validate_tau_accepts() -> None:
 
 def test_verdict_bonus() -> None:
     assert Verdict(3, 7, 3).bonus and not Verdict(2, 7, 3).bonus
+
+
+# --- speculative_verify over logits rows (the fused C draws) ----------------------------------------
+
+
+def logits_case(rng: np.random.Generator, vocab: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """(p [3, V], q [2, V]) float32 logits: 6 likely tokens spread over several 1024-token blocks."""
+    p = rng.normal(size=(3, vocab)).astype(np.float32)
+    q = p[:2] + rng.normal(size=(2, vocab)).astype(np.float32)
+    likely = np.array([5, 700, 1023, 1024, 2100, vocab - 1])
+    p[:, likely] += np.float32([9.0, 8.5, 8.0, 7.5, 7.0, 6.0])
+    q[:, likely] += np.float32([6.0, 8.0, 9.0, 7.0, 8.5, 6.5])
+    return p, q
+
+
+@pytest.mark.parametrize("one_hot_q", [False, True])
+def test_speculative_verify_on_logits_follows_target_distribution(one_hot_q: bool) -> None:
+    cfg = SamplingConfig(temperature=0.8)
+    p_logits, q_logits = logits_case(np.random.default_rng(31))
+    want = Warped(p_logits, cfg).dense(0).astype(np.float64)
+    rng = make_rng(32)
+    counts = np.zeros(p_logits.shape[1])
+    for _ in range(TRIALS):
+        p, q = Warped(p_logits, cfg), Warped(q_logits, cfg)
+        draft = np.array([700 if one_hot_q else q.sample(0, rng), 5 if one_hot_q else q.sample(1, rng)])
+        counts[first_emitted(speculative_verify(draft, p, None if one_hot_q else q, rng), draft)] += 1
+    assert np.abs(counts / TRIALS - want).max() < BOUND
+
+
+def test_fused_residual_draw_matches_the_dense_one() -> None:
+    cfg = SamplingConfig(temperature=0.8)
+    p_logits, q_logits = logits_case(np.random.default_rng(33))
+    p, q = Warped(p_logits, cfg), Warped(q_logits, cfg)
+    dense_p = Warped(p_logits, SamplingConfig(temperature=0.8, top_k=p_logits.shape[1] - 1))
+    residual = np.maximum(p.dense(0).astype(np.float64) - q.dense(0), 0.0)
+    cdf = np.cumsum(residual) / residual.sum()
+    us = np.random.default_rng(34).random(300)
+    fused = [p.draw_residual(0, q, 0, u) for u in us]
+    assert sum(f != int(np.searchsorted(cdf, u, side="right")) for f, u in zip(fused, us, strict=True)) <= 2
+    assert p.draw_residual(0, p, 0, 0.5) == -1  # q == p: nothing left
+    one_hot = [p.draw_residual(0, None, 5, u) for u in us]
+    assert 5 not in one_hot and dense_p.draw_residual(0, None, 5, 0.3) != 5

@@ -67,6 +67,11 @@ def test_config_defaults_are_greedy_and_untruncated() -> None:
         ({"min_p": -0.01}, "min_p"),
         ({"min_p": 1.0}, "min_p"),
         ({"min_p": math.nan}, "min_p"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": None}, "top_p"),
+        ({"min_p": True}, "min_p"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
     ],
 )
 def test_config_rejects_invalid_values(kwargs: dict, message: str) -> None:
