@@ -9,6 +9,7 @@
  * Python API (arguments: C-contiguous float32 buffers of equal length; edge_spec.acceptance and
  * edge_spec.sampling pass numpy arrays):
  *   logsumexp(z, scale) -> float          log sum exp(scale * z)
+ *   confidence(z) -> (top1, entropy)      softmax(z)'s top-1 probability and entropy (nats)
  *   divergence(kind, zp, zq) -> float     kind in "js", "js-sym", "kl", "tv" (see acceptance.divergence)
  *   sample_softmax(z, scale, u, skip)     the token drawn from softmax(scale * z) for uniform u in [0, 1),
  *                                         token `skip` excluded (-1: none); -1 when nothing weighs
@@ -55,6 +56,25 @@ static CLONES double sum_exp(const float *z, Py_ssize_t n, float top, float scal
         total += acc;
     }
     return total;
+}
+
+/* sum of exp(t) and of t exp(t), t = max(z - top, LOW): a row's normaliser and its entropy's numerator */
+static CLONES void sum_exp_t(const float *z, Py_ssize_t n, float top, double *sums) {
+    double total = 0.0, weighted = 0.0;
+    for (Py_ssize_t b = 0; b < n; b += BLOCK) {
+        Py_ssize_t end = b + BLOCK < n ? b + BLOCK : n;
+        float acc = 0.0f, acc_t = 0.0f;
+#pragma omp simd reduction(+ : acc, acc_t)
+        for (Py_ssize_t i = b; i < end; i++) {
+            float t = fmaxf(z[i] - top, LOW), e = expf(t);
+            acc += e;
+            acc_t += e * t;
+        }
+        total += acc;
+        weighted += acc_t;
+    }
+    sums[0] = total;
+    sums[1] = weighted;
 }
 
 /* The sum over a row of a divergence's per-token terms; lp, lq = log p, log q (unfloored, >= LOW). */
@@ -184,6 +204,21 @@ static PyObject *py_logsumexp(PyObject *self, PyObject *args) {
     return n ? PyFloat_FromDouble(out) : NULL;
 }
 
+static PyObject *py_confidence(PyObject *self, PyObject *args) {
+    Py_buffer z;
+    if (!PyArg_ParseTuple(args, "y*", &z)) return NULL;
+    Py_ssize_t n = float_row(&z, "z");
+    double sums[2] = {0.0, 0.0};
+    if (n) {
+        const float *data = (const float *)z.buf;
+        Py_BEGIN_ALLOW_THREADS sum_exp_t(data, n, row_max(data, n), sums);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&z);
+    /* top-1 probability 1 / total; entropy -sum p log p = log total - sum e t / total */
+    return n ? Py_BuildValue("(dd)", 1.0 / sums[0], log(sums[0]) - sums[1] / sums[0]) : NULL;
+}
+
 static PyObject *py_divergence(PyObject *self, PyObject *args) {
     const char *kind;
     Py_buffer zp, zq;
@@ -261,6 +296,7 @@ static PyObject *py_sample_residual(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"logsumexp", py_logsumexp, METH_VARARGS, "log sum exp(scale * z) of a float32 row."},
+    {"confidence", py_confidence, METH_VARARGS, "confidence(z) -> (top-1 probability, entropy in nats)"},
     {"divergence", py_divergence, METH_VARARGS, "divergence(kind, zp, zq) of two float32 logits rows."},
     {"sample_softmax", py_sample_softmax, METH_VARARGS, "sample_softmax(z, scale, u, skip) -> token"},
     {"sample_residual", py_sample_residual, METH_VARARGS, "sample_residual(zp, zq, scale, lp, lq, u) -> token"},

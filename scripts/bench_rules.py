@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """Cost of the acceptance rules per verified row, against one float32 log-sum-exp pass over the same rows.
 
-Synthetic logits shaped like a real LLM's (Qwen2.5's rows: the top token ~25 nats above the median token,
-a fifth to a half of the vocabulary within 23 nats of it): a N(0, 3) bulk plus a few tokens 15-25 higher;
-the proposer's rows are the verifier's plus N(0, 1) noise. Each rule is timed on its most expensive path:
+Synthetic logits shaped like a real LLM's (Qwen2.5's rows: the top token ~25 nats above the median token):
+a N(0, 3) bulk plus a few tokens 15-25 higher; the proposer's rows are the verifier's plus N(0, 1) noise.
+Each rule is timed on its most expensive path:
 
   - greedy / lossless verify: every position accepted (q = p), so every row is tested, plus the bonus draw;
+    and lossless rejected at its first position (a draw from the residual max(0, p - q));
   - fuzzy verify: the exact test rejects every position and the divergence accepts it, so the divergence
     of every row is computed;
   - draft sampling: one warped draw per row, as the drafter makes it; confidence(): per row.
 
-ms per row is the median time of one call divided by its rows; x floor divides that by the median time per
-row of `floor`, a vectorised float32 log-sum-exp over the same rows, the rules and the floor timed in turn.
+ms per row is the median time of one call divided by its rows (k proposed positions; a lossless call also
+reads the bonus row); x floor divides that by the median time per row of `floor`, a float32 log-sum-exp of
+each row, timed in turn with the rules. Times are the calling thread's CPU time: the rules run on one
+thread, so on an idle machine that is their wall time, and on a shared one other processes do not count.
 
     python scripts/bench_rules.py                         # V in {32000, 128256, 151936}, k in {1, 4, 16, 25}
     python scripts/bench_rules.py --vocab 151936 --rows 16 --json
@@ -68,7 +71,7 @@ def cases(p: np.ndarray, q: np.ndarray) -> dict[str, Case]:
     """Each rule, as a call over the k rows of a block."""
     k = len(p) - 1
     best = p[:k].argmax(axis=1)  # accepted by greedy; with q = p, by the lossless test
-    worst = p[:k].argmin(axis=1)  # rejected by greedy: the divergence decides
+    worst = p[:k].argmin(axis=1)  # rejected by greedy, and (p(x) / q(x) ~ 0) by the lossless test
     rng = make_rng(0)
     out: dict[str, Case] = {
         "floor (float32 log-sum-exp)": lambda: floor(p[:k]),
@@ -80,6 +83,10 @@ def cases(p: np.ndarray, q: np.ndarray) -> dict[str, Case]:
         out[f"lossless verify, T 0.8{name}"] = lambda cfg=cfg, d=drafted: speculative_verify(
             d, Warped(p, cfg), Warped(p[:k], cfg), rng
         )
+    cfg = SamplingConfig(temperature=0.8)
+    out["lossless verify, T 0.8, rejected at once"] = lambda: speculative_verify(
+        worst, Warped(p, cfg), Warped(q[:k], cfg), rng
+    )
     for kind in DIVERGENCES:
         for top_k in (None, 50):
             label = f"fuzzy verify, {kind}" + ("" if top_k is None else f", top-{top_k} approx.")

@@ -10,6 +10,7 @@ import pytest
 
 from edge_spec import _rowmath
 from edge_spec.errors import ConfigError
+from edge_spec.proposers import confidence
 from edge_spec.sampling import SamplingConfig, Warped, make_rng, sample, warp
 
 
@@ -260,3 +261,14 @@ def test_rowmath_kernel_edges() -> None:
         _rowmath.divergence("js", np.zeros(3, dtype=np.float32), np.zeros(4, dtype=np.float32))
     with pytest.raises(ValueError, match="float32"):
         _rowmath.logsumexp(b"", 1.0)
+
+
+def test_confidence_matches_float64() -> None:
+    rng = np.random.default_rng(41)
+    for scale in (0.1, 3.0, 30.0):
+        z = (rng.normal(size=151_936) * scale).astype(np.float32)
+        z[rng.choice(z.size, 100, replace=False)] = -np.inf
+        p = softmax(z.astype(np.float64))
+        top1, entropy = confidence(z)
+        assert top1 == pytest.approx(p.max(), rel=1e-5)
+        assert entropy == pytest.approx(-(p[p > 0] * np.log(p[p > 0])).sum(), rel=1e-5, abs=1e-6)
