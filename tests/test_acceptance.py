@@ -482,3 +482,19 @@ def test_fused_residual_draw_matches_the_dense_one() -> None:
     assert p.draw_residual(0, p, 0, 0.5) == -1  # q == p: nothing left
     one_hot = [p.draw_residual(0, None, 5, u) for u in us]
     assert 5 not in one_hot and dense_p.draw_residual(0, None, 5, 0.3) != 5
+
+
+def test_speculative_verify_on_logits_is_deterministic_for_a_seed() -> None:
+    cfg = SamplingConfig(temperature=0.7, top_p=0.9)
+    verdicts = set()
+    for seed in range(40):
+        p_logits, q_logits = logits_case(np.random.default_rng(seed), vocab=2500)
+        runs = []
+        for _ in range(2):
+            rng = make_rng(seed)
+            p, q = Warped(p_logits, SamplingConfig(temperature=0.7)), Warped(q_logits, cfg)
+            draft = np.array([q.sample(0, rng), q.sample(1, rng)])
+            runs.append((tuple(draft), speculative_verify(draft, p, q, rng)))
+        assert runs[0] == runs[1]
+        verdicts.add(runs[0])
+    assert len(verdicts) > 10
