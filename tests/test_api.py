@@ -252,8 +252,36 @@ def test_closed_pyramid_raises_a_clean_error(tiny_target: Path, tiny_same: Path)
     p.close()  # twice is fine
 
 
+class _AnnouncedLock:
+    """A lock that sets `waiting` when the main thread starts to wait for it (the closing thread here)."""
+
+    def __init__(self, lock: threading.Lock, waiting: threading.Event) -> None:
+        self.lock, self.waiting = lock, waiting
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.waiting.set()
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
 def test_close_during_a_generation_in_another_thread(tiny_target: Path) -> None:
+    """close() called while another thread's generation is inside a decode waits for it to pause, frees the
+    tiers, and the generation stops with EdgeSpecError. Ordered by events, not by timing."""
     p = Pyramid.open(tiny_target, options=OPTIONS, ctx=2048)
+    decoding, close_waits = threading.Event(), threading.Event()
+    p._computing = _AnnouncedLock(p._computing, close_waits)  # type: ignore[assignment]
+    score = p.target.score
+
+    def announced_score(sequence: list[int], n_logits: int = 1) -> object:
+        if not decoding.is_set():  # the first decode: hold it until close() waits for the generation
+            decoding.set()
+            assert close_waits.wait(timeout=60)
+        return score(sequence, n_logits)
+
+    p.target.score = announced_score  # type: ignore[method-assign]
     outcome: list[object] = []
     stream = p.stream(PROMPT, max_tokens=1500)
 
@@ -265,7 +293,7 @@ def test_close_during_a_generation_in_another_thread(tiny_target: Path) -> None:
 
     worker = threading.Thread(target=consume)
     worker.start()
-    time.sleep(0.05)
+    assert decoding.wait(timeout=60)
     p.close()
     worker.join()
     assert isinstance(outcome[0], EdgeSpecError) and "closed" in str(outcome[0])

@@ -1,4 +1,4 @@
-"""`edge-spec batch` on tiny generated models: end to end, resumed after SIGKILL at random moments, bad
+"""`edge-spec batch` on tiny generated models: end to end, resumed after SIGKILL at many moments, bad
 input lines, and usage errors that stop before any model loads.
 
 Children are pinned to one CPU (see test_cli.py) and run with exact flags (no flash attention, f32 cache),
@@ -10,11 +10,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -195,31 +195,44 @@ def test_per_line_settings_override_the_options(
 # ---- resuming --------------------------------------------------------------------------------------------
 
 
-def test_sigkill_at_random_moments_then_resume(
-    env: dict[str, str], args: list[str], clean: Path, inputs: Path, tmp_path: Path
+KILL_POINTS: tuple[str | int, ...] = ("start-up", "model load", 1, 2, "start-up", 3, "model load", 1)
+"""When each run of the SIGKILL test is killed: at once, once the model file is mapped, or once the run has
+appended that many lines."""
+
+
+def _lines(out: Path) -> int:
+    return out.read_bytes().count(b"\n") if out.exists() else 0
+
+
+def _wait_for(proc: subprocess.Popen[str], ready: Callable[[], bool]) -> None:
+    """Poll for a sign of progress (`ready`) until it shows or the process ends (60 s at most)."""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_sigkill_at_many_moments_then_resume(
+    env: dict[str, str], args: list[str], clean: Path, inputs: Path, tmp_path: Path, tiny_target: Path
 ) -> None:
-    rng = random.Random(1234)
     out = tmp_path / "out.jsonl"
     ids = [line["id"] for line in _input_lines()]
-    mid_run_kills = 0
-    for attempt in range(8):
+    maps_model = tiny_target.resolve().name
+    for point in KILL_POINTS:
+        before = _lines(out)
         proc = _batch(env, inputs, out, *args)
-        if attempt in (0, 4):
-            time.sleep(rng.uniform(0.2, 1.5))  # anywhere: start-up, model load or generation
-        else:  # once this run has written a line, at a random point
-            before = out.read_bytes().count(b"\n") if out.exists() else 0
-            deadline = time.monotonic() + 60
-            while proc.poll() is None and time.monotonic() < deadline:
-                if out.exists() and out.read_bytes().count(b"\n") > before:
-                    break
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.3))
+        if point == "model load":
+            _wait_for(proc, lambda maps=Path(f"/proc/{proc.pid}/maps"): maps_model in maps.read_text())
+        elif isinstance(point, int):
+            _wait_for(proc, lambda goal=before + point: _lines(out) >= goal)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
         done = [r["id"] for r in _records(out)] if out.exists() else []
         assert done == ids[: len(done)]  # complete lines only, in input order, no duplicates
-        mid_run_kills += 0 < len(done) < N_LINES and proc.returncode == -signal.SIGKILL
-    assert mid_run_kills >= 2
+        if point == "start-up":
+            assert len(done) == before
+        elif isinstance(point, int):
+            assert before + point <= len(done) < N_LINES  # killed in the middle of the run
     proc = _batch(env, inputs, out, *args)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -119,15 +120,18 @@ def test_needs_confidence(make: Callable[[], Lookahead], needs: bool) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "bad"),
     [
-        ({"requested": 2, "proposed": 2, "accepted": 3}, "accepted"),
-        ({"requested": 2, "proposed": -1, "accepted": 0}, "proposed"),
-        ({"requested": 2, "proposed": 2, "accepted": 1, "verify_seconds": -1.0}, "times"),
-        ({"requested": 2, "proposed": 2, "accepted": 1, "verify_seconds": math.nan}, "times"),
+        ({"requested": 2, "proposed": 2, "accepted": 3}, "accepted=3"),
+        ({"requested": 2, "proposed": -1, "accepted": 0}, "proposed=-1"),
+        ({"requested": -1, "proposed": 0, "accepted": 0}, "requested=-1"),
+        ({"requested": 2, "proposed": 2, "accepted": 1, "verify_seconds": -1.0}, "verify=-1.0"),
+        ({"requested": 2, "proposed": 2, "accepted": 1, "verify_seconds": math.nan}, "verify=nan"),
+        ({"requested": 2, "proposed": 2, "accepted": 1, "propose_seconds": -0.5}, "propose=-0.5"),
     ],
 )
 def test_round_report_rejects_inconsistent_counts(kwargs: dict, bad: str) -> None:
+    """Each bad report is refused with a message naming the bad value."""
     args = {"propose_seconds": 0.0, "verify_seconds": 0.01, **kwargs}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(bad)):
         RoundReport(**args)
 
 
