@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +25,10 @@ from edge_spec.chat import Message, as_messages, render
 from edge_spec.checks import stage_count
 from edge_spec.errors import ConfigError, ContextOverflowError, EdgeSpecError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, parse_lookahead
-from edge_spec.proposers import ModelDrafter, NgramProposer, Proposer
-from edge_spec.pyramid import StageConfig, Verifier, commit_rounds, stage_needs_logits
-from edge_spec.sampling import SamplingConfig, make_rng
+from edge_spec.pyramid import NGRAM, StageConfig, assemble, chain, commit_rounds
+from edge_spec.sampling import SamplingConfig
 from edge_spec.stats import GenerationStats
 from edge_spec.text import TextAssembler
-
-NGRAM = "ngram"
-"""The draft reference that selects the model-free prompt-lookup proposer."""
 
 GENERATE_OPTIONS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "raw")
 """The per-generation options of `Pyramid.stream` / `generate`, named as the CLI's."""
@@ -206,42 +202,13 @@ class Pyramid:
         self.stages = list(stages) if stages is not None else [StageConfig()] * n_stages
         if len(self.stages) != n_stages:
             raise ConfigError(f"{len(self.models)} tiers need {n_stages} stage settings")
+        self._verifiers = [t for t in (qualifier, target) if t is not None]
         self._policies = [parse_lookahead(s.lookahead) for s in self.stages]  # goodput costs persist
         self._lock = threading.Lock()  # held by the one generation under way, from start to end
         self._computing = threading.Lock()  # held while that generation computes (not while it yields)
         self._closed = False
         self.last_result: Result | None = None
         """The latest generation, also when it was interrupted (Ctrl-C) before returning."""
-
-    @classmethod
-    def load(
-        cls,
-        target: Ref,
-        *,
-        draft: Ref | None = None,
-        qualifier: Ref | None = None,
-        config: TierConfig | None = None,
-        stages: Sequence[StageConfig] | None = None,
-        tier_configs: Mapping[str, TierConfig] | None = None,
-    ) -> Pyramid:
-        """Load tiers from GGUF paths (`draft` may be "ngram"); tiers are checked for compatibility.
-        `tier_configs` maps "draft" / "qualifier" / "target" to a config replacing `config` for that tier
-        (e.g. the memory planner's placement)."""
-        loaded: list[Tier] = []
-        per_tier = tier_configs or {}
-        try:
-
-            def tier(path: Ref, role: str) -> Tier:
-                loaded.append(Tier(path, per_tier.get(role, config)))
-                return loaded[-1]
-
-            d = None if draft is None else NGRAM if os.fspath(draft) == NGRAM else tier(draft, "draft")
-            q = tier(qualifier, "qualifier") if qualifier is not None else None
-            return cls(tier(target, "target"), q, d, stages)
-        except BaseException:
-            for t in loaded:
-                t.close()
-            raise
 
     @classmethod
     def open(
@@ -254,10 +221,12 @@ class Pyramid:
         tier_configs: Mapping[str, TierConfig] | None = None,
         **overrides: Any,
     ) -> Pyramid:
-        """Load a pyramid as `edge-spec run` does. Models are references (GGUF paths or carried model
-        names, see `edge_spec.models.resolve`; `draft` may be "ngram"); no target loads the embedded
-        default model. Options are `LoadOptions` fields, given as `options` and/or keywords
-        (`ctx=2048, accept="fuzzy", tau_t=0.3`). `tier_configs` as in `load` (per-tier placement)."""
+        """Load a pyramid as `edge-spec run` does: the one way to open one (the constructor wraps tiers
+        already loaded). Models are references (GGUF paths or carried model names, see
+        `edge_spec.models.resolve`; `draft` may be "ngram"); no target loads the embedded default model.
+        Options are `LoadOptions` fields, given as `options` and/or keywords (`ctx=2048, accept="fuzzy",
+        tau_t=0.3`). `tier_configs` maps "draft" / "qualifier" / "target" to a config replacing the
+        options' for that tier (the memory planner's placement). Tiers are checked for compatibility."""
         from edge_spec.models import DEFAULT_MODEL, resolve
 
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(LoadOptions)})
@@ -271,13 +240,24 @@ class Pyramid:
                 raise ConfigError(f"{role} must be a model reference (a path or a name), got {ref!r}")
         opts = dataclasses.replace(options or LoadOptions(), **overrides)
         stages = opts.stages(stage_count(draft, qualifier))
-        config = opts.tier_config()
+        config, per_tier = opts.tier_config(), tier_configs or {}
         d = None if draft is None else NGRAM if os.fspath(draft) == NGRAM else resolve(draft)
         q = None if qualifier is None else resolve(qualifier)
         target_path = resolve(target or DEFAULT_MODEL)
-        return cls.load(
-            target_path, draft=d, qualifier=q, config=config, stages=stages, tier_configs=tier_configs
-        )
+        loaded: list[Tier] = []
+        try:
+
+            def tier(path: Ref, role: str) -> Tier:
+                loaded.append(Tier(path, per_tier.get(role, config)))
+                return loaded[-1]
+
+            draft_tier = tier(d, "draft") if d not in (None, NGRAM) else d
+            qualifier_tier = tier(q, "qualifier") if q is not None else None
+            return cls(tier(target_path, "target"), qualifier_tier, draft_tier, stages)
+        except BaseException:
+            for t in loaded:
+                t.close()
+            raise
 
     @property
     def n_ctx(self) -> int:
@@ -316,24 +296,6 @@ class Pyramid:
             return prompt
         t = self.target
         return render(t.chat_template, as_messages(prompt), t.bos_text, t.eos_text)
-
-    def _top(self, sampling: SamplingConfig) -> Verifier:
-        """Assemble the stages for one generation (fresh stats, one shared seeded RNG)."""
-        rng = make_rng(sampling.seed)
-        below: Proposer | None = None
-        if self.draft == NGRAM:
-            below = NgramProposer()
-        elif isinstance(self.draft, Tier):
-            below = ModelDrafter(self.draft, sampling, rng)
-        verifiers = [t for t in (self.qualifier, self.target) if t is not None]
-        top: Verifier | None = None
-        for i, tier in enumerate(verifiers):
-            above_needs = i + 1 < len(verifiers) and stage_needs_logits(self.stages[i + 1], sampling)
-            policy = self._policies[i]()
-            top = Verifier(tier, below, self.stages[i], sampling, rng, above_needs, policy)
-            below = top
-        assert top is not None
-        return top
 
     def stream(self, prompt: str | Sequence[Message], **options: Any) -> Generator[str, None, Result]:
         """Text pieces as tokens are committed; the generator's return value is the Result.
@@ -395,7 +357,7 @@ class Pyramid:
         t1 = time.perf_counter()
         stats.prefill_seconds = t1 - t0
         before = {t.path.name: t.decode_seconds for t in self.models}
-        top = self._top(sampling)
+        top = assemble(self.draft, self._verifiers, self.stages, self._policies, sampling)
         out_ids: list[int] = []
         text = TextAssembler(stop)
         stats.finish_reason = "length" if max_new == max_tokens else "context"
@@ -422,7 +384,7 @@ class Pyramid:
             stats.decode_seconds = time.perf_counter() - t1
             stats.generated_tokens = len(out_ids)
             stats.tier_seconds = {t.path.name: t.decode_seconds - before[t.path.name] for t in self.models}
-            for v in _verifiers(top):
+            for v in chain(top):
                 if v.stats is not None:
                     v.stats.lookahead = v.policy.summary()
                     stats.stages.append(v.stats)
@@ -488,13 +450,3 @@ def _known(options: dict[str, Any]) -> dict[str, Any]:
         known = ", ".join([*GENERATE_OPTIONS, "sampling"])
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {known}")
     return options
-
-
-def _verifiers(top: Verifier) -> Iterator[Verifier]:
-    """The verifiers of a pyramid, bottom-up."""
-    chain: list[Verifier] = []
-    node: object = top
-    while isinstance(node, Verifier):
-        chain.append(node)
-        node = node.below
-    return reversed(chain)

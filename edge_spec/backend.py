@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import re
@@ -16,7 +17,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -85,17 +86,17 @@ def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
             previous(*pressed[0])
 
 
+@functools.cache
 def _init_backend() -> None:
+    """Start llama.cpp once, at the first use rather than at import: its log goes to _LOG_TAIL."""
     lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))
     with _ctrl_c_deferred():
         lc.llama_backend_init()
 
 
-_init_backend()
-
-
 def gpu_available() -> bool:
     """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, Vulkan, ...)."""
+    _init_backend()
     return bool(lc.llama_supports_gpu_offload())
 
 
@@ -195,6 +196,7 @@ class Tier:
         self.path = Path(path)
         self.config = config or TierConfig()
         _check_gguf_file(self.path)
+        _init_backend()
         _LOG_TAIL.clear()
         mparams = lc.llama_model_default_params()
         want_layers = min(self.config.n_gpu_layers, _ALL_LAYERS)
@@ -502,7 +504,7 @@ class Tier:
             self.close()
 
 
-# ---- memory and derived models (used by memory.py and derive.py) -----------------------------------
+# ---- allocation and quantization (used by memory.py and derive.py) ---------------------------------
 
 _BUFFER_LINE = re.compile(rb"(\S+)\s+(model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
 
@@ -510,6 +512,7 @@ _BUFFER_LINE = re.compile(rb"(\S+)\s+(model|KV|compute|output) buffer size =\s*(
 @contextlib.contextmanager
 def _captured_log() -> Iterator[list[tuple[int, bytes]]]:
     """Route llama.cpp's whole log into a list of (level, text) for the block, then back to _log_to_tail."""
+    _init_backend()  # first, so that starting llama.cpp does not route the log back mid-block
     records: list[tuple[int, bytes]] = []
 
     @lc.llama_log_callback
@@ -554,54 +557,20 @@ FILE_TYPES = {
 attn_v and the output in more bits; MXFP4_MOE puts MXFP4 on expert tensors only, Q8_0 elsewhere)."""
 
 
-@dataclass(frozen=True)
-class Fallback:
-    """A tensor llama.cpp stored in another type than asked: its rows are not whole blocks of that type."""
-
-    tensor: str
-    row_length: int
-    block: int
-    wanted: str
-    used: str
-
-
-_FALLBACK_LOG = re.compile(
-    r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by\s+(\d+) \(required for type\s+(\S+)\)"
-    r"[^>]*-> falling back to\s+(\S+)"
-)
-_QUANTIZE_FAILED_LOG = re.compile(r"failed to quantize: (.+)")
-
-
-def quantize(
+def quantize_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     *,
     file_type: str | None,
-    tensor_types: dict[str, str] | None = None,
-    output_type: str | None = None,
-    embedding_type: str | None = None,
-    prune_layers: Sequence[int] = (),
-    threads: int = 0,
-) -> list[Fallback]:
-    """Write GGUF model `src` to `dst` through llama.cpp's quantizer (llama_model_quantize).
-
-    file_type: a FILE_TYPES recipe, or None to copy every tensor in its own type (with prune_layers).
-    tensor_types: regex searched in tensor names -> GGML_TYPES name, overriding the recipe (first match
-    wins; llama.cpp's tt_overrides). output_type / embedding_type: the type of output.weight /
-    token_embd.weight (None = the recipe's choice). prune_layers: blocks to drop; the kept blocks are
-    renumbered and block_count is updated. threads: 0 = every hardware thread. Already-quantized tensors
-    are requantized. Returns the tensors that fell back to another type (llama.cpp picks a smaller block,
-    else F16); raises ModelError with llama.cpp's reason when quantization fails.
-    """
-    names = [*(tensor_types or {}).values(), output_type, embedding_type]
-    unknown = sorted({t for t in names if t is not None} - set(GGML_TYPES))
-    if unknown:
-        raise ConfigError(f"unknown tensor type(s) {', '.join(unknown)}; known: {', '.join(GGML_TYPES)}")
-    if file_type is not None and file_type not in FILE_TYPES:
-        raise ConfigError(f"unknown file type {file_type!r}; known: {', '.join(FILE_TYPES)}")
-    if file_type is None and any(t is not None for t in names):
-        raise ConfigError("tensor types need a file type: without one every tensor is copied as it is")
-
+    tensor_types: Mapping[str, str],
+    output_type: str | None,
+    embedding_type: str | None,
+    prune_layers: Sequence[int],
+    threads: int,
+) -> tuple[int, str, str]:
+    """Run llama_model_quantize on checked arguments (names from FILE_TYPES and GGML_TYPES; see
+    `edge_spec.derive.quantize`). Returns its status code and the warnings and errors it logged."""
+    _init_backend()
     params = lc.llama_model_quantize_default_params()
     params.nthread = threads
     params.allow_requantize = True
@@ -613,8 +582,8 @@ def quantize(
     if embedding_type is not None:
         params.token_embedding_type = GGML_TYPES[embedding_type]
     # Both arrays end with a sentinel (pattern NULL / layer -1) and must outlive the call.
-    overrides = (lc.llama_model_tensor_override * (len(tensor_types or {}) + 1))()
-    for slot, (pattern, type_name) in zip(overrides, (tensor_types or {}).items(), strict=False):
+    overrides = (lc.llama_model_tensor_override * (len(tensor_types) + 1))()
+    for slot, (pattern, type_name) in zip(overrides, tensor_types.items(), strict=False):
         slot.pattern, slot.type = pattern.encode(), GGML_TYPES[type_name]
     if tensor_types:
         params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(lc.llama_model_tensor_override))
@@ -628,8 +597,4 @@ def quantize(
     def logged(level: int) -> str:
         return b"".join(text for lv, text in records if lv == level).decode("utf-8", "replace")
 
-    if rc != 0:
-        reason = _QUANTIZE_FAILED_LOG.search(logged(_LOG_ERROR))
-        raise ModelError(f"llama.cpp could not quantize {Path(src).name}: {reason[1] if reason else rc}")
-    log = logged(_LOG_WARN)
-    return [Fallback(m[1], int(m[2]), int(m[3]), m[4], m[5]) for m in _FALLBACK_LOG.finditer(log)]
+    return rc, logged(_LOG_WARN), logged(_LOG_ERROR)

@@ -1,4 +1,4 @@
-"""`edge-spec bench`: what speculation buys on this machine, with quality next to speed (DESIGN section 6).
+"""`edge-spec bench`: what speculation buys on this machine, with quality next to speed.
 
 One process runs the target alone and every configured mode over the same prompts, interleaved: each
 prompt goes through every mode before the next prompt, after one short warm-up generation per mode. Seeds
@@ -46,7 +46,7 @@ from edge_spec.text import TextAssembler
 
 MODE_KINDS = ("sd", "fsd", "hsd", "psd-a", "psd-f")
 TARGET_ALONE = "target alone"
-GREEDY_PATH_TOLERANCE = 0.3  # logits; DESIGN section 3: near-ties flip between batched and single decodes
+GREEDY_PATH_TOLERANCE = 0.3  # logits; near-ties flip between batched and single decodes
 WARMUP_PROMPT = "Say hello."
 WARMUP_TOKENS = 8
 

@@ -14,11 +14,13 @@ MXFP4, 32-value blocks), prune:N (keep the first N blocks, tensors copied in the
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_spec.backend import Fallback, quantize
+from edge_spec.backend import FILE_TYPES, GGML_TYPES, quantize_file
 from edge_spec.errors import ConfigError, ModelError
 from edge_spec.memory import read_shape
 from edge_spec.models import model_dir, resolve
@@ -29,10 +31,73 @@ QUANT_KINDS: dict[str, dict[str, Any]] = {
     "q2_k": {"file_type": "q2_k"},
     "mxfp4": {"file_type": "mxfp4_moe", "tensor_types": {".": "mxfp4"}},
 }
-"""Each quantization kind as `backend.quantize` arguments. MXFP4_MOE alone would only touch expert tensors,
+"""Each quantization kind as `quantize` arguments. MXFP4_MOE alone would only touch expert tensors,
 so mxfp4 overrides every quantizable tensor to MXFP4."""
 
 KINDS_HELP = f"{' | '.join(QUANT_KINDS)} | prune:N (keep the first N blocks), or both: q4_0+prune:N"
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A tensor llama.cpp stored in another type than asked: its rows are not whole blocks of that type."""
+
+    tensor: str
+    row_length: int
+    block: int
+    wanted: str
+    used: str
+
+
+_FALLBACK_LOG = re.compile(
+    r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by\s+(\d+) \(required for type\s+(\S+)\)"
+    r"[^>]*-> falling back to\s+(\S+)"
+)
+_QUANTIZE_FAILED_LOG = re.compile(r"failed to quantize: (.+)")
+
+
+def quantize(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    file_type: str | None,
+    tensor_types: dict[str, str] | None = None,
+    output_type: str | None = None,
+    embedding_type: str | None = None,
+    prune_layers: Sequence[int] = (),
+    threads: int = 0,
+) -> list[Fallback]:
+    """Write GGUF model `src` to `dst` through llama.cpp's quantizer (llama_model_quantize).
+
+    file_type: a FILE_TYPES recipe, or None to copy every tensor in its own type (with prune_layers).
+    tensor_types: regex searched in tensor names -> GGML_TYPES name, overriding the recipe (first match
+    wins; llama.cpp's tt_overrides). output_type / embedding_type: the type of output.weight /
+    token_embd.weight (None = the recipe's choice). prune_layers: blocks to drop; the kept blocks are
+    renumbered and block_count is updated. threads: 0 = every hardware thread. Already-quantized tensors
+    are requantized. Returns the tensors that fell back to another type (llama.cpp picks a smaller block,
+    else F16); raises ModelError with llama.cpp's reason when quantization fails.
+    """
+    names = [*(tensor_types or {}).values(), output_type, embedding_type]
+    unknown = sorted({t for t in names if t is not None} - set(GGML_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown tensor type(s) {', '.join(unknown)}; known: {', '.join(GGML_TYPES)}")
+    if file_type is not None and file_type not in FILE_TYPES:
+        raise ConfigError(f"unknown file type {file_type!r}; known: {', '.join(FILE_TYPES)}")
+    if file_type is None and any(t is not None for t in names):
+        raise ConfigError("tensor types need a file type: without one every tensor is copied as it is")
+    rc, warnings, errors = quantize_file(
+        src,
+        dst,
+        file_type=file_type,
+        tensor_types=tensor_types or {},
+        output_type=output_type,
+        embedding_type=embedding_type,
+        prune_layers=prune_layers,
+        threads=threads,
+    )
+    if rc != 0:
+        reason = _QUANTIZE_FAILED_LOG.search(errors)
+        raise ModelError(f"llama.cpp could not quantize {Path(src).name}: {reason[1] if reason else rc}")
+    return [Fallback(m[1], int(m[2]), int(m[3]), m[4], m[5]) for m in _FALLBACK_LOG.finditer(warnings)]
 
 
 @dataclass(frozen=True)

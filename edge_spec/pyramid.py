@@ -10,7 +10,7 @@ PSD_A and HSD are settings of the stages (exact or fuzzy, tau, lookahead), not s
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +20,13 @@ from edge_spec.acceptance import Verdict
 from edge_spec.backend import Tier
 from edge_spec.errors import ConfigError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, Lookahead, RoundReport, fit_to_proposer, parse_lookahead
-from edge_spec.proposers import Block, Proposer, catch_up
-from edge_spec.sampling import SamplingConfig, Warped
+from edge_spec.proposers import Block, ModelDrafter, NgramProposer, Proposer, catch_up
+from edge_spec.sampling import SamplingConfig, Warped, make_rng
 from edge_spec.stats import StageStats
 
 ACCEPT_RULES = ("exact", "fuzzy")
+NGRAM = "ngram"
+"""The draft reference that selects the model-free prompt-lookup proposer."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,42 @@ class Verifier:
 def stage_needs_logits(stage: StageConfig, sampling: SamplingConfig) -> bool:
     """Whether a stage reads the proposer's logits (fuzzy divergence or lossless sampling)."""
     return stage.accept == "fuzzy" or not sampling.greedy
+
+
+def assemble(
+    draft: Tier | str | None,
+    verifiers: Sequence[Tier],
+    stages: Sequence[StageConfig],
+    policies: Sequence[Callable[[], Lookahead]],
+    sampling: SamplingConfig,
+) -> Verifier:
+    """The verifier chain of one generation, bottom-up: the draft (a model, NGRAM or None) under each of
+    `verifiers` (qualifier, target) with its stage settings and a fresh policy from its factory (goodput's
+    factory shares its measured costs across generations); fresh stats, one RNG seeded from `sampling`.
+    Returns the top verifier (the target's)."""
+    rng = make_rng(sampling.seed)
+    below: Proposer | None = None
+    if draft == NGRAM:
+        below = NgramProposer()
+    elif isinstance(draft, Tier):
+        below = ModelDrafter(draft, sampling, rng)
+    top: Verifier | None = None
+    for i, tier in enumerate(verifiers):
+        above_needs = i + 1 < len(verifiers) and stage_needs_logits(stages[i + 1], sampling)
+        top = Verifier(tier, below, stages[i], sampling, rng, above_needs, policies[i]())
+        below = top
+    assert top is not None, "a pyramid has a target"
+    return top
+
+
+def chain(top: Verifier) -> list[Verifier]:
+    """The verifiers under and including `top`, bottom-up."""
+    found: list[Verifier] = []
+    node: object = top
+    while isinstance(node, Verifier):
+        found.append(node)
+        node = node.below
+    return found[::-1]
 
 
 def commit_rounds(top: Verifier, prompt: list[int], max_new: int) -> Iterator[list[int]]:

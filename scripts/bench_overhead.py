@@ -21,7 +21,7 @@ import click
 import llama_cpp
 
 from edge_spec.api import Pyramid
-from edge_spec.backend import TierConfig, _use_extra_buffer_types
+from edge_spec.backend import _use_extra_buffer_types
 from edge_spec.models import DEFAULT_MODEL, resolve
 
 PROMPT = "def fibonacci(n):\n    "
@@ -58,8 +58,7 @@ def _decode_rate(pieces: object) -> tuple[int, float]:
 def main(model: str, tokens: int, repeats: int, ctx: int, as_json: bool) -> None:
     path = resolve(model)
     _patch_model_params()
-    config = TierConfig(n_ctx=ctx, n_batch=512)
-    ours = Pyramid.load(path, config=config)
+    ours = Pyramid.open(path, ctx=ctx, batch=512)
     theirs = llama_cpp.Llama(
         str(path), n_ctx=ctx, n_batch=512, n_threads=ours.target.n_threads, verbose=False
     )

@@ -13,9 +13,9 @@ from tiny_gguf import write_not_gguf
 
 from edge_spec import derive as derive_module
 from edge_spec.api import Pyramid
-from edge_spec.backend import Tier, TierConfig, quantize
+from edge_spec.backend import Tier, TierConfig
 from edge_spec.cli import main
-from edge_spec.derive import Derived, Recipe, derive, parse_kind
+from edge_spec.derive import Derived, Recipe, derive, parse_kind, quantize
 from edge_spec.errors import ConfigError, ModelError
 from edge_spec.pyramid import StageConfig
 

@@ -18,7 +18,7 @@ from edge_spec.pyramid import StageConfig
 from edge_spec.sampling import SamplingConfig, warp
 
 # f32 KV cache without flash attention: batched and single-token decodes agree to ~1e-5, so exact token
-# equality is a fair demand (DESIGN section 3: llama.cpp's default kernels differ at near-ties).
+# equality is a fair demand (README, notes on llama.cpp: its default kernels differ at near-ties).
 EXACT = TierConfig(n_ctx=512, cache_type="f32", flash_attn=False)
 PROMPT = "the quick brown fox jumps over the lazy dog and the cat"
 N_TOKENS = 96
@@ -177,10 +177,8 @@ def test_lossless_sampling_follows_the_target_distribution(tiers: dict[str, Tier
 
 
 def test_generation_reaching_the_context_edge_ends_cleanly(tiny_target: Path, tiny_noisy: Path) -> None:
-    cfg = TierConfig(n_ctx=48, cache_type="f32", flash_attn=False)
-    with Pyramid.load(
-        tiny_target, draft=tiny_noisy, config=cfg, stages=[StageConfig(lookahead="fixed:8")]
-    ) as pyr:
+    exact = {"cache_type": "f32", "flash_attn": False}
+    with Pyramid.open(tiny_target, draft=tiny_noisy, ctx=48, lookahead="fixed:8", **exact) as pyr:
         n_prompt = len(pyr.encode(PROMPT, raw=True))
         out = pyr.generate(PROMPT, max_tokens=1000, raw=True)
         assert out.finish_reason == "context"
@@ -271,9 +269,10 @@ def test_lossless_greedy_output_is_identical_whatever_the_policy(
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_no_policy_can_exceed_the_context(tiny_target: Path, tiny_same: Path, policy: str) -> None:
-    cfg = TierConfig(n_ctx=40, cache_type="f32", flash_attn=False)
-    stages = [StageConfig(lookahead=policy), StageConfig(lookahead=policy)]
-    with Pyramid.load(tiny_target, draft="ngram", qualifier=tiny_same, config=cfg, stages=stages) as pyr:
+    exact = {"cache_type": "f32", "flash_attn": False}
+    with Pyramid.open(
+        tiny_target, draft="ngram", qualifier=tiny_same, ctx=40, lookahead=policy, **exact
+    ) as pyr:
         for max_tokens in (1, 2, 5, 1000):
             out = pyr.generate(PROMPT, max_tokens=max_tokens, raw=True)
             assert len(out.token_ids) == min(max_tokens, 40 - len(pyr.encode(PROMPT, raw=True)))

