@@ -122,9 +122,17 @@ def per_row_ms(named: dict[str, Case], rows: int, budget: float) -> dict[str, fl
 
 
 @click.command()
-@click.option("--vocab", "vocabs", multiple=True, type=int, default=VOCABS, show_default=True)
-@click.option("--rows", "ks", multiple=True, type=int, default=ROWS, show_default=True)
-@click.option("--budget", default=0.3, show_default=True, help="Seconds of repeats per rule and shape.")
+@click.option(
+    "--vocab", "vocabs", multiple=True, type=click.IntRange(min=64), default=VOCABS, show_default=True
+)
+@click.option("--rows", "ks", multiple=True, type=click.IntRange(min=1), default=ROWS, show_default=True)
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=0.0),
+    default=0.3,
+    show_default=True,
+    help="Seconds of repeats per rule and shape.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of markdown tables.")
 def main(vocabs: tuple[int, ...], ks: tuple[int, ...], budget: float, as_json: bool) -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
