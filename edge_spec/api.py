@@ -346,9 +346,8 @@ class Pyramid:
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
         t0 = time.perf_counter()
         try:
-            if len(prompt_ids) > 1:
-                for tier in self.models:
-                    tier.score(prompt_ids[:-1], 1)
+            if len(prompt_ids) > 1:  # the tiers below catch up when first asked to draft (Verifier.round)
+                self.target.score(prompt_ids[:-1], 1)
         except KeyboardInterrupt:
             stats.finish_reason = "interrupted"
             stats.prefill_seconds = time.perf_counter() - t0

@@ -302,3 +302,19 @@ def test_a_drafter_that_sat_out_rounds_catches_up_in_one_batch(tiers: dict[str, 
     assert tier.n_past == 10 and tier.missing(seq[: 10 + ROUND_LAG]) == ROUND_LAG
     drafter.catch_up(seq)
     assert tier.n_past == len(seq) - 1 and tier.missing(seq) == 1  # the last token: the first draft's decode
+
+
+def test_tiers_below_the_target_are_prefilled_only_when_first_asked_to_draft(
+    tiny_target: Path, tiny_same: Path, tiny_noisy: Path
+) -> None:
+    with (
+        Tier(tiny_target, EXACT) as target,
+        Tier(tiny_same, EXACT) as qualifier,
+        Tier(tiny_noisy, EXACT) as draft,
+    ):
+        never = [StageConfig(lookahead="fixed:3"), StageConfig(lookahead="fixed:0")]  # the target never asks
+        Pyramid(target, qualifier, draft, never).generate(PROMPT, max_tokens=8, raw=True)
+        assert target.n_past > 0 and qualifier.n_past == draft.n_past == 0  # as cheap as the target alone
+        asks = [StageConfig(lookahead="fixed:3"), StageConfig(lookahead="fixed:4")]
+        out = Pyramid(target, qualifier, draft, asks).generate(PROMPT, max_tokens=8, raw=True)
+        assert qualifier.n_past > 0 and draft.n_past > 0 and out.stats.stages[0].proposed > 0
