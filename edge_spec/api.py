@@ -24,13 +24,14 @@ from edge_spec.backend import MAX_THREADS, Tier, TierConfig
 from edge_spec.chat import Message, as_messages, render
 from edge_spec.checks import stage_count
 from edge_spec.errors import ConfigError, ContextOverflowError, EdgeSpecError
-from edge_spec.lookahead import DEFAULT_LOOKAHEAD, parse_lookahead
+from edge_spec.lookahead import parse_lookahead
+from edge_spec.options import GENERATION, default
 from edge_spec.pyramid import NGRAM, StageConfig, assemble, chain, commit_rounds
 from edge_spec.sampling import SamplingConfig
 from edge_spec.stats import GenerationStats
 from edge_spec.text import TextAssembler
 
-GENERATE_OPTIONS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "raw")
+GENERATE_OPTIONS = GENERATION
 """The per-generation options of `Pyramid.stream` / `generate`, named as the CLI's."""
 
 Ref = str | os.PathLike[str]
@@ -38,23 +39,24 @@ Ref = str | os.PathLike[str]
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to load a pyramid, named as the CLI's options (--tau-q -> tau_q), with the CLI's defaults.
+    """How to load a pyramid, named as the CLI's options (--tau-q -> tau_q), with their declared defaults
+    (`edge_spec.options`).
 
     Per-stage values (accept, lookahead) are one value for every stage or a comma-separated value per
     stage, bottom-up: draft -> qualifier (with 3 tiers), then -> target.
     """
 
-    ctx: int = 4096  # context length in tokens (prompt + generated), capped at the model's training length
-    batch: int = 512  # most tokens per llama_decode call
-    gpu_layers: int = -1  # layers on the GPU; -1 = all when a GPU backend exists
-    cache_type: str = "f16"  # KV cache type: f16 | q8_0 | q4_0 | f32 (quantized needs flash attention)
-    flash_attn: bool | None = None  # None = llama.cpp decides
-    threads: int = 0  # CPU threads; 0 = every core this process may use (the CLI always uses 0)
-    accept: str = "exact"  # exact | fuzzy, or one per stage ("exact,fuzzy" = PSD_A)
-    tau_q: float = 0.4  # fuzzy threshold at the draft -> qualifier stage
-    tau_t: float = 0.5  # fuzzy threshold at the target stage
-    divergence: str = "js"  # js (FSD form) | js-sym | kl | tv
-    lookahead: str = DEFAULT_LOOKAHEAD  # block length policy, or one per stage
+    ctx: int = default("ctx")  # context length in tokens (prompt + generated), capped at the training length
+    batch: int = default("batch")  # most tokens per llama_decode call
+    gpu_layers: int = default("gpu_layers")  # layers on the GPU; -1 = all when a GPU backend exists
+    cache_type: str = default("cache_type")  # KV cache type: f16 | q8_0 | q4_0 | f32 (quantized: flash attn)
+    flash_attn: bool | None = default("flash_attn")  # None = llama.cpp decides
+    threads: int = default("threads")  # CPU threads; 0 = every core this process may use
+    accept: str = default("accept")  # exact | fuzzy, or one per stage ("exact,fuzzy" = PSD_A)
+    tau_q: float = default("tau_q")  # fuzzy threshold at the draft -> qualifier stage
+    tau_t: float = default("tau_t")  # fuzzy threshold at the target stage
+    divergence: str = default("divergence")  # js (FSD form) | js-sym | kl | tv
+    lookahead: str = default("lookahead")  # block length policy, or one per stage
     draft_block: int | None = None  # fixed block at the bottom stage (= lookahead fixed:K there)
     qualifier_block: int | None = None  # fixed block the qualifier hands the target (3 tiers only)
 
@@ -73,11 +75,6 @@ class LoadOptions:
         checks.optional_integer("draft_block", self.draft_block, least=0)
         checks.optional_integer("qualifier_block", self.qualifier_block, least=0)
         self.tier_config()
-
-    @classmethod
-    def pick(cls, values: Mapping[str, Any]) -> LoadOptions:
-        """The load options among `values` (e.g. the CLI's parsed parameters); other keys are ignored."""
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
     def tier_config(self) -> TierConfig:
         """How to load each tier."""
@@ -114,7 +111,7 @@ class Generation:
 
 def check_generation(
     *,
-    max_tokens: int = 256,
+    max_tokens: int = default("max_tokens"),
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,

@@ -26,6 +26,7 @@ from types import FrameType
 import llama_cpp as lc
 import numpy as np
 
+from edge_spec import options
 from edge_spec.errors import (
     ConfigError,
     ContextOverflowError,
@@ -34,12 +35,7 @@ from edge_spec.errors import (
     ModelError,
 )
 
-CACHE_TYPES = {
-    "f16": lc.GGML_TYPE_F16,
-    "q8_0": lc.GGML_TYPE_Q8_0,
-    "q4_0": lc.GGML_TYPE_Q4_0,
-    "f32": lc.GGML_TYPE_F32,
-}
+CACHE_TYPES = {name: getattr(lc, f"GGML_TYPE_{name.upper()}") for name in options.CACHE_TYPES}
 """KV cache element types: q8_0 / q4_0 save memory and need flash attention; f32 (with flash attention off)
 makes batched and single-token decodes agree to ~1e-5, for exactness checks."""
 
@@ -137,8 +133,10 @@ def _default_threads() -> int:
 class TierConfig:
     """How to load one tier. Defaults suit a single small GPU or a laptop CPU."""
 
-    n_ctx: int = 4096  # context window in tokens (prompt + generated); capped at the model's training length
-    n_batch: int = 512  # most tokens per llama_decode call; longer inputs are split
+    n_ctx: int = options.default(
+        "ctx"
+    )  # context window in tokens (prompt + generated); capped at training length
+    n_batch: int = options.default("batch")  # most tokens per llama_decode call; longer inputs are split
     n_gpu_layers: int = -1  # layers offloaded to the GPU; -1 = all when a GPU backend exists, else none
     cache_type: str = "f16"  # KV cache type: f16 | q8_0 | q4_0 | f32
     flash_attn: bool | None = None  # None = llama.cpp decides (forced on for a quantized KV cache)

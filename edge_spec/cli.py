@@ -9,21 +9,26 @@ import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from edge_spec import options
 from edge_spec.errors import EdgeSpecError
-from edge_spec.lookahead import DEFAULT_LOOKAHEAD, LOOKAHEAD_HELP
+from edge_spec.options import click_option, click_options
 
 if TYPE_CHECKING:
-    from edge_spec.api import Pyramid, Result
+    from edge_spec.api import LoadOptions, Pyramid, Result
+    from edge_spec.backend import TierConfig
 
 EXIT_SOME_FAILED = 1  # batch: some lines failed
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+BENCH_SEED = 0
+"""bench's sampling seed when --seed is not given: every mode and run samples the same draws."""
 
 
 def _fail(message: str) -> None:
@@ -104,32 +109,62 @@ def main() -> None:
     """Speculative decoding for local GGUF models on llama.cpp."""
 
 
-def _check_options(o: dict[str, Any]) -> None:
-    """Apply the preset, then check every option of run or batch before any model is looked at: the
-    first bad one raises ConfigError."""
+@dataclass(frozen=True)
+class Settings:
+    """run's and batch's options, resolved once (preset applied, every value checked), then passed down."""
+
+    target: str | None  # model references as given (None: the preset's or the embedded default model)
+    draft: str | None
+    qualifier: str | None
+    load: LoadOptions
+    generation: Mapping[str, Any]  # Pyramid.stream's keywords
+    budget: str | None
+    tier_configs: Mapping[str, TierConfig] | None = None  # per-tier placement from the budget's plan
+
+
+def _with_preset(o: Mapping[str, Any]) -> dict[str, Any]:
+    """`o` (a command's parsed options) with its --preset applied: the preset's tiers where no model
+    option was given, its recommended settings where the command has that option and it was left at its
+    default."""
+    if o.get("preset") is None:
+        return dict(o)
+    from edge_spec.presets import get_preset
+
+    preset = get_preset(o["preset"])
+    ctx = click.get_current_context()
+    filled = dict(o)
+    for role, tier in preset.tiers.items():
+        if o[f"{role}_ref"] is None:
+            filled[f"{role}_ref"] = tier.model
+    for option, value in preset.recommended.items():
+        if option in o and ctx.get_parameter_source(option) in (None, click.core.ParameterSource.DEFAULT):
+            filled[option] = value
+    return filled
+
+
+def _settings(o: Mapping[str, Any]) -> Settings:
+    """Apply the preset, then check every option of run or batch before any model is looked at: the first
+    bad one raises ConfigError."""
     from edge_spec.api import LoadOptions, check_generation
     from edge_spec.checks import stage_count
     from edge_spec.memory import parse_size
 
-    if o["preset"] is not None:
-        _apply_preset(o["preset"], o)
-    check_generation(**_generate_options(o))
-    LoadOptions.pick(o).stages(stage_count(o["draft_ref"], o["qualifier_ref"]))
+    o = _with_preset(o)
+    generation = {name: o[name] for name in options.GENERATION}
+    check_generation(**generation)
+    load = LoadOptions(**{name: o[name] for name in (*options.TIER, *options.STAGES)})
+    load.stages(stage_count(o["draft_ref"], o["qualifier_ref"]))
     if o["budget"] is not None:
         parse_size(o["budget"])
+    return Settings(o["target_ref"], o["draft_ref"], o["qualifier_ref"], load, generation, o["budget"])
 
 
-def _open_pyramid(o: dict[str, Any]) -> Pyramid:
-    """The pyramid that the model and stage options name (run and batch share them), with a status line
-    on a terminal while the models load."""
-    from edge_spec.api import NGRAM, LoadOptions, Pyramid
+def _open_pyramid(s: Settings) -> Pyramid:
+    """The pyramid that the settings name, with a status line on a terminal while the models load."""
+    from edge_spec.api import NGRAM, Pyramid
     from edge_spec.models import DEFAULT_MODEL, resolve
 
-    refs = {
-        "target": o["target_ref"] or DEFAULT_MODEL,
-        "draft": o["draft_ref"],
-        "qualifier": o["qualifier_ref"],
-    }
+    refs = {"target": s.target or DEFAULT_MODEL, "draft": s.draft, "qualifier": s.qualifier}
     paths = {role: ref if ref in (None, NGRAM) else resolve(ref) for role, ref in refs.items()}
     names = [Path(p).name for p in paths.values() if p not in (None, NGRAM)]
     _status(f"edge-spec: loading {', '.join(names)} ...")
@@ -137,112 +172,42 @@ def _open_pyramid(o: dict[str, Any]) -> Pyramid:
         paths["target"],
         draft=paths["draft"],
         qualifier=paths["qualifier"],
-        options=LoadOptions.pick(o),
-        tier_configs=o.get("tier_configs"),
+        options=s.load,
+        tier_configs=s.tier_configs,
     )
     _status("")
     return pyr
 
 
-def _context_note(pyr: Pyramid, o: dict[str, Any]) -> None:
+def _context_note(pyr: Pyramid, s: Settings) -> None:
     """Say so on stderr when the context is shorter than a given --ctx (capped at the training length)."""
     given = click.get_current_context().get_parameter_source("ctx") != click.core.ParameterSource.DEFAULT
-    if given and pyr.n_ctx < o["ctx"]:
-        trained = f"--ctx {o['ctx']} is more than the models were trained on"
+    if given and pyr.n_ctx < s.load.ctx:
+        trained = f"--ctx {s.load.ctx} is more than the models were trained on"
         click.echo(f"edge-spec: context {pyr.n_ctx} tokens: {trained}", err=True)
 
 
-def _generate_options(o: dict[str, Any]) -> dict[str, Any]:
-    """The per-generation options (max tokens, sampling, stop strings, raw)."""
-    from edge_spec.api import GENERATE_OPTIONS
-
-    return {name: o[name] for name in GENERATE_OPTIONS}
-
-
-_TIER_OPTIONS = [
-    click.option("--ctx", default=4096, show_default=True, help="Context length in tokens."),
-    click.option("--batch", default=512, show_default=True, help="Most tokens per llama_decode call."),
-    click.option(
-        "--gpu-layers", default=-1, show_default=True, help="Layers on the GPU (-1 = all when present)."
-    ),
-    click.option(
-        "--cache-type", default="f16", show_default=True, type=click.Choice(["f16", "q8_0", "q4_0", "f32"])
-    ),
-    click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: auto)."),
-]
-
-
-def _tier_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """How every tier loads (--ctx, --batch, --gpu-layers, --cache-type, --flash-attn): run, batch, bench."""
-    for option in reversed(_TIER_OPTIONS):
-        fn = option(fn)
-    return fn
+_RUN_OPTIONS = ("preset", *options.MODELS, "budget", *options.GENERATION[:-1], *options.TIER, *options.STAGES)
+"""run's and batch's options (batch: no prompt, no --json); --raw is listed last, as in run."""
 
 
 @main.command()
 @click.argument("prompt")
-@click.option(
-    "--preset", default=None, help="Preset (see edge-spec models): its tiers and recommended settings."
-)
-@click.option("--target", "target_ref", default=None, help="Target model: GGUF path or carried model name.")
-@click.option("--draft", "draft_ref", default=None, help="Draft tier: GGUF path, carried name, or 'ngram'.")
-@click.option("--qualifier", "qualifier_ref", default=None, help="Qualifier tier between draft and target.")
-@click.option(
-    "--budget", default=None, help="Memory budget (8GB): place tiers, context and KV cache as `plan` does."
-)
-@click.option("--max-tokens", default=256, show_default=True, help="Most tokens to generate.")
-@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-k", default=0, show_default=True, help="Sample from the k likeliest tokens (0 = off).")
-@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass (1 = off).")
-@click.option(
-    "--min-p", default=0.0, show_default=True, help="Drop tokens below min_p x the top probability."
-)
-@click.option("--seed", default=None, type=int, help="Seed for sampling (default: random).")
-@click.option("--stop", multiple=True, help="Stop when this text appears (repeatable).")
-@_tier_options
-@click.option(
-    "--accept", default="exact", show_default=True, help="exact | fuzzy, or one per stage: exact,fuzzy."
-)
-@click.option("--tau-q", default=0.4, show_default=True, help="Fuzzy threshold, draft -> qualifier stage.")
-@click.option("--tau-t", default=0.5, show_default=True, help="Fuzzy threshold at the target stage.")
-@click.option(
-    "--divergence", default="js", show_default=True, type=click.Choice(["js", "js-sym", "kl", "tv"])
-)
-@click.option(
-    "--lookahead",
-    default=DEFAULT_LOOKAHEAD,
-    show_default=True,
-    help=f"Block length policy: {LOOKAHEAD_HELP}; one, or one per stage bottom-up (a,b).",
-)
-@click.option(
-    "--draft-block",
-    default=None,
-    type=int,
-    help="Fixed tokens drafted per verification (= --lookahead fixed:K at the bottom stage).",
-)
-@click.option(
-    "--qualifier-block",
-    default=None,
-    type=int,
-    help="Fixed tokens the qualifier hands the target (fixed:K at the top stage).",
-)
-@click.option("--raw", is_flag=True, help="Send the prompt as-is, without the chat template.")
+@click_options(*_RUN_OPTIONS, "raw")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, token_ids, stats).")
 @_clean_errors
 def run(prompt: str, **o: Any) -> None:
     """Generate an answer to PROMPT, streamed to stdout; stats go to stderr."""
-    _check_options(o)
+    settings = _settings(o)
     pyr: Pyramid | None = None
     try:
-        if o["budget"] is not None:
-            _apply_budget(o)
-        pyr = _open_pyramid(o)
+        pyr = _open_pyramid(_placed(settings))
         with pyr:
-            pieces = pyr.stream(prompt, **_generate_options(o))  # checks the prompt before printing
+            pieces = pyr.stream(prompt, **settings.generation)  # checks the prompt before printing
             click.echo(
                 "edge-spec: " + ", ".join(f"{t.path.name} on {t.device}" for t in pyr.models), err=True
             )
-            _context_note(pyr, o)
+            _context_note(pyr, settings)
             try:
                 for piece in pieces:
                     if not o["as_json"]:
@@ -274,6 +239,7 @@ def _print_interrupted(result: Result | None, as_json: bool) -> None:
 @main.command()
 @click.argument("in_path", metavar="IN.jsonl", type=click.Path(path_type=Path))
 @click.argument("out_path", metavar="OUT.jsonl", type=click.Path(path_type=Path))
+@click_options(*_RUN_OPTIONS, "raw")
 @_clean_errors
 def batch(in_path: Path, out_path: Path, **o: Any) -> None:
     """Generate an answer for every line of IN.jsonl into OUT.jsonl, in input order, with a progress bar
@@ -286,46 +252,25 @@ def batch(in_path: Path, out_path: Path, **o: Any) -> None:
     """
     from edge_spec import batch as batching
 
-    _check_options(o)
+    settings = _settings(o)
     jobs = batching.read_jobs(in_path)
-    defaults = _generate_options(o)
 
-    def load() -> Pyramid:
-        pyr = _open_pyramid(o)
-        _context_note(pyr, o)
+    def load(placed: Settings) -> Pyramid:
+        pyr = _open_pyramid(placed)
+        _context_note(pyr, placed)
         return pyr
 
     try:
         with batching.Output(out_path, in_path) as out:  # input and output are checked before any model
-            if o["budget"] is not None:
-                _apply_budget(o)
-            report = batching.run(jobs, out, load, defaults)
+            placed = _placed(settings)
+            report = batching.run(jobs, out, lambda: load(placed), settings.generation)
     except KeyboardInterrupt:
         _interrupted("; run the same command again to resume")
     click.echo(f"edge-spec: {report.line()}", err=True)
     sys.exit(EXIT_SOME_FAILED if report.failed else 0)
 
 
-# batch takes run's model, stage and sampling options (all but the prompt and --json).
-batch.params += [p for p in run.params if p.name not in ("prompt", "as_json")]
-
-
-def _apply_preset(name: str, o: dict[str, Any]) -> None:
-    """Fill `o` (run's options) from a preset: its tiers where no model option was given, its recommended
-    settings where the option was left at its default."""
-    from edge_spec.presets import get_preset
-
-    preset = get_preset(name)
-    ctx = click.get_current_context()
-    for role, tier in preset.tiers.items():
-        if o[f"{role}_ref"] is None:
-            o[f"{role}_ref"] = tier.model
-    for option, value in preset.recommended.items():
-        if ctx.get_parameter_source(option) in (None, click.core.ParameterSource.DEFAULT):
-            o[option] = value
-
-
-def _plan(o: dict[str, Any], device: str = "auto") -> Any:
+def _plan(o: Mapping[str, Any], device: str = "auto") -> Any:
     """The memory plan for the tiers, context and batch in `o` (an "ngram" draft takes no memory). The
     options are checked before any model is read."""
     from edge_spec import checks
@@ -349,16 +294,16 @@ def _plan(o: dict[str, Any], device: str = "auto") -> Any:
     return plan(shapes, budget, o["ctx"], o["batch"], device)
 
 
-def _apply_budget(o: dict[str, Any]) -> None:
-    """Set run's context, KV cache type and per-tier GPU layers from the memory plan."""
-    from edge_spec.api import LoadOptions
-
-    placement = _plan(o)
-    o.update(ctx=placement.n_ctx, cache_type=placement.cache_type)
-    base = LoadOptions.pick(o).tier_config()
-    o["tier_configs"] = {
-        t.role: dataclasses.replace(base, n_gpu_layers=t.gpu_layers) for t in placement.tiers
-    }
+def _placed(s: Settings) -> Settings:
+    """The settings with context, KV cache type and per-tier GPU layers from the memory plan of the
+    budget (the settings as they are without one); the plan is printed on stderr."""
+    if s.budget is None:
+        return s
+    refs = {"target_ref": s.target, "draft_ref": s.draft, "qualifier_ref": s.qualifier}
+    placement = _plan({**refs, "budget": s.budget, "ctx": s.load.ctx, "batch": s.load.batch})
+    load = dataclasses.replace(s.load, ctx=placement.n_ctx, cache_type=placement.cache_type)
+    base = load.tier_config()
+    configs = {t.role: dataclasses.replace(base, n_gpu_layers=t.gpu_layers) for t in placement.tiers}
     layers = ", ".join(
         f"{t.role} {min(t.gpu_layers, t.shape.n_layer)}/{t.shape.n_layer}" for t in placement.tiers
     )
@@ -367,16 +312,12 @@ def _apply_budget(o: dict[str, Any]) -> None:
         f"layers on GPU: {layers}",
         err=True,
     )
+    return dataclasses.replace(s, load=load, tier_configs=configs)
 
 
 @main.command("plan")
-@click.option("--budget", required=True, help="Memory budget: GPU memory (or RAM without a GPU), e.g. 8GB.")
-@click.option("--preset", default=None, help="Preset naming the tiers (see edge-spec models).")
-@click.option("--target", "target_ref", default=None, help="Target model: GGUF path or model reference.")
-@click.option("--draft", "draft_ref", default=None, help="Draft model.")
-@click.option("--qualifier", "qualifier_ref", default=None, help="Qualifier model.")
-@click.option("--ctx", default=4096, show_default=True, help="Context length wanted, in tokens.")
-@click.option("--batch", default=512, show_default=True, help="Most tokens per llama_decode call.")
+@click_option("budget", required=True)
+@click_options("preset", *options.MODELS, "ctx", "batch")
 @click.option(
     "--device",
     default="auto",
@@ -388,12 +329,7 @@ def _apply_budget(o: dict[str, Any]) -> None:
 def plan_command(**o: Any) -> None:
     """Place the tiers in a memory budget: GPU layers per tier, context, KV cache type. Exits 2 when nothing
     fits, naming the smallest placement and the budget it needs."""
-    if o["preset"] is not None:
-        from edge_spec.presets import get_preset
-
-        for role, tier in get_preset(o["preset"]).tiers.items():
-            o[f"{role}_ref"] = o[f"{role}_ref"] or tier.model
-    click.echo(_plan(o, o["device"]).table())
+    click.echo(_plan(_with_preset(o), o["device"]).table())
 
 
 @main.command()
@@ -442,7 +378,7 @@ def fetch(names: tuple[str, ...]) -> None:
     default=None,
     help="Output GGUF file or directory (default: the model cache, named TARGET-KIND.gguf).",
 )
-@click.option("--threads", default=0, show_default=True, help="Quantization threads (0 = all cores).")
+@click_option("threads")
 @_clean_errors
 def derive_command(target: str, kind: str, out: Path | None, threads: int) -> None:
     """Write a draft derived from TARGET (a GGUF path or model reference): requantized (q8_0, q4_0, q2_k,
@@ -460,19 +396,14 @@ def derive_command(target: str, kind: str, out: Path | None, threads: int) -> No
 
 
 @main.command("bench")
-@click.option("--target", "target_ref", default=None, help="Target model (default: the embedded default).")
-@click.option(
-    "--draft",
-    "draft_refs",
-    multiple=True,
-    help="Draft: model reference or 'ngram' (repeatable; default ngram).",
-)
-@click.option("--qualifier", "qualifier_ref", default=None, help="Qualifier between drafts and target.")
+@click_option("target_ref")
+@click_option("draft_ref", dest="draft_refs", multiple=True)
+@click_option("qualifier_ref")
 @click.option(
     "--suite", default="all", show_default=True, type=click.Choice(["code", "chat", "rewrite", "all"])
 )
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Prompts per suite (default: all).")
-@click.option("--max-tokens", default=128, show_default=True, help="Most tokens generated per prompt.")
+@click_option("max_tokens")
 @click.option("--repeats", default=1, show_default=True, help="Measured passes (tokens/s: the median).")
 @click.option(
     "--max-steal",
@@ -489,25 +420,10 @@ def derive_command(target: str, kind: str, out: Path | None, threads: int) -> No
     default=None,
     help="Mode kinds: sd,fsd,hsd,psd-a,psd-f (default: sd,fsd; with a qualifier sd,hsd,psd-a,psd-f).",
 )
-@click.option(
-    "--tau-t", "taus", multiple=True, type=float, help="tau_T of the fuzzy modes (repeatable; 0.5)."
-)
-@click.option(
-    "--tau-q", default=None, type=float, help="PSD_F's draft -> qualifier threshold (default: tau_T)."
-)
-@click.option(
-    "--divergence", default="js", show_default=True, type=click.Choice(["js", "js-sym", "kl", "tv"])
-)
-@click.option(
-    "--lookahead",
-    "lookaheads",
-    multiple=True,
-    help=f"Block length policy (repeatable: every mode runs once per policy; default {DEFAULT_LOOKAHEAD}).",
-)
-@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--seed", default=0, show_default=True, help="Sampling seed of every generation.")
-@_tier_options
-@click.option("--threads", default=0, show_default=True, help="CPU threads (0 = every core).")
+@click_option("tau_t", dest="taus", multiple=True)
+@click_options("tau_q", "divergence")
+@click_option("lookahead", dest="lookaheads", multiple=True)
+@click_options("temperature", "seed", *options.TIER)
 @click.option(
     "--llama-cpp-bin",
     default=None,
@@ -547,11 +463,11 @@ def bench_command(**o: Any) -> None:
     from edge_spec.models import DEFAULT_MODEL
     from edge_spec.peer import find_peer
 
-    check_generation(max_tokens=o["max_tokens"], temperature=o["temperature"], seed=o["seed"])
+    seed = BENCH_SEED if o["seed"] is None else o["seed"]
+    check_generation(max_tokens=o["max_tokens"], temperature=o["temperature"], seed=seed)
     for tau in o["taus"]:
         checks.number("tau_t", tau, least=0)
-    if o["tau_q"] is not None:
-        checks.number("tau_q", o["tau_q"], least=0)
+    checks.number("tau_q", o["tau_q"], least=0)
     checks.number("pass_timeout", o["pass_timeout"])  # finite (its range is the option's type)
     cfg = bench.BenchConfig(
         suites=bench.SUITES if o["suite"] == "all" else (o["suite"],),
@@ -561,17 +477,16 @@ def bench_command(**o: Any) -> None:
         max_steal=o["max_steal"],
         retries=o["retries"],
         kinds=tuple(k.strip() for k in o["modes"].split(",")) if o["modes"] else None,
-        taus=o["taus"] or bench.BenchConfig.taus,
+        taus=o["taus"] or (options.default("tau_t"),),
         tau_q=o["tau_q"],
         divergence=o["divergence"],
-        lookaheads=o["lookaheads"] or bench.BenchConfig.lookaheads,
+        lookaheads=o["lookaheads"] or (options.default("lookahead"),),
         temperature=o["temperature"],
-        seed=o["seed"],
+        seed=seed,
         pass_timeout=o["pass_timeout"],
     )
     binary = find_peer(o["llama_cpp_bin"])
-    tier_options = ("ctx", "batch", "gpu_layers", "cache_type", "flash_attn", "threads")
-    config = LoadOptions(**{k: o[k] for k in tier_options}).tier_config()
+    config = LoadOptions(**{k: o[k] for k in options.TIER}).tier_config()
     tiers = bench.Tiers.load(
         o["target_ref"] or DEFAULT_MODEL, o["draft_refs"] or (NGRAM,), o["qualifier_ref"], config
     )

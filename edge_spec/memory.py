@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_spec import options
 from edge_spec.errors import ConfigError, ModelError
 from edge_spec.gguf_meta import read_header
 
@@ -221,7 +222,11 @@ def _order(tiers: dict[str, TierPlan]) -> tuple[TierPlan, ...]:
 
 
 def plan(
-    shapes: dict[str, ModelShape], budget: int, n_ctx: int = 4096, n_batch: int = 512, device: str = "gpu"
+    shapes: dict[str, ModelShape],
+    budget: int,
+    n_ctx: int = options.default("ctx"),
+    n_batch: int = options.default("batch"),
+    device: str = "gpu",
 ) -> Plan:
     """Place tiers ({"target": shape, "qualifier": ..., "draft": ...}) in `budget` bytes on `device`
     ("gpu": GPU memory, the rest runs from host memory; "cpu": everything in host memory). Raises

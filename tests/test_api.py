@@ -84,23 +84,34 @@ def test_unknown_option_names_the_known_ones(tiny_target: Path) -> None:
         Pyramid.open(tiny_target, tau=0.3)
 
 
-def test_pick_takes_only_load_options() -> None:
-    assert LoadOptions.pick({"ctx": 64, "tau_t": 0.1, "prompt": "x", "as_json": True}) == LoadOptions(
-        ctx=64, tau_t=0.1
-    )
-
-
 def test_cli_defaults_are_the_api_defaults() -> None:
     """run and batch take their model and stage options straight into LoadOptions: same names, same
-    defaults (only `threads` is API-only), and every generation option exists on the command line."""
+    defaults, and every generation option exists on the command line."""
     from edge_spec.cli import batch, run
 
     for command in (run, batch):
         params = {p.name: p for p in command.params}
         for f in dataclasses.fields(LoadOptions):
-            if f.name != "threads":
-                assert params[f.name].default == f.default, f.name
+            assert params[f.name].default == f.default, f.name
         assert set(GENERATE_OPTIONS) <= set(params)
+
+
+def test_every_command_takes_shared_options_from_their_one_declaration() -> None:
+    from edge_spec import options
+    from edge_spec.cli import main
+
+    seen = set()
+    for command in main.commands.values():
+        for param in command.params:
+            declared = next((o for o in options.OPTIONS.values() if o.flags[0] in param.opts), None)
+            if declared is None:
+                continue
+            seen.add(declared.name)
+            assert param.help is not None and param.help.startswith(declared.help), (command.name, param.name)
+            if not param.multiple and not declared.is_flag:
+                assert param.default == declared.default, (command.name, param.name)
+            assert set(declared.flags[0].split("/")) <= set(param.opts + param.secondary_opts)
+    assert {"ctx", "max_tokens", "target_ref", "threads", "lookahead"} <= seen
 
 
 # ---- generate, stream, messages, chat completions ------------------------------------------------------

@@ -140,7 +140,7 @@ def test_ctrl_c_outside_any_command_exits_130(monkeypatch: pytest.MonkeyPatch, t
     def interrupted(o: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_check_options", interrupted)
+    monkeypatch.setattr(cli, "_settings", interrupted)
     result = CliRunner().invoke(cli.main, ["run", "hi", "--target", str(tiny_target)])
     assert result.exit_code == 130
     assert "Aborted" not in result.output and result.output.strip() == "edge-spec: interrupted"
