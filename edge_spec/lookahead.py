@@ -31,12 +31,7 @@ import numpy as np
 
 from edge_spec.errors import ConfigError
 
-# The best policy measured over both proposers (bench/README.md; Qwen2.5-Coder 0.5B or an n-gram under the
-# 1.5B on 2-core CPUs, 10 prompts per class). Xeon, 2026-11-22 runs A-C: within 5% of the best fixed length
-# on every class with either proposer in A and B (C: 8% behind on rewrites with the 0.5B); overall 1.00x
-# against fixed:3's 0.94x with the n-gram, level with the 0.5B (paired over the three runs 1.002x). AMD
-# EPYC, 2026-12-01, where no block pays: ahead of fixed:3 on every class (0.95x against 0.61x with the 0.5B,
-# 0.92x against 0.62x with the n-gram; fixed:4 lower still).
+# The default policy; its measurements against the fixed lengths are in bench/README.md.
 DEFAULT_LOOKAHEAD = "goodput"
 
 LOOKAHEAD_HELP = (
@@ -98,46 +93,24 @@ def _clamp(k: int, limit: int) -> int:
     return max(0, min(k, limit))
 
 
-class _Tally:
-    """Counters every policy reports: rounds, tokens, the histogram of requested block lengths."""
+class _Policy:
+    """What every policy reports of itself: its name and how often keep_drafting stopped a block. The
+    stage's counts (rounds, tokens, block lengths) are the loop's, in `stats.StageStats`."""
 
     name = "?"
 
     def __init__(self) -> None:
-        self.rounds = 0  # observed rounds
-        self.requested = 0  # tokens asked for
-        self.proposed = 0  # tokens returned by the proposer
-        self.accepted = 0  # tokens accepted by the verifier
         self.early_stops = 0  # times keep_drafting returned False
-        self.k_histogram: dict[int, int] = {}  # requested block length -> rounds
-        self.k_asked = 0  # the block length asked for this round
-
-    def _asked(self, k: int) -> int:
-        self.k_histogram[k] = self.k_histogram.get(k, 0) + 1
-        self.k_asked = k
-        return k
 
     def _stop(self, keep: bool) -> bool:
         self.early_stops += not keep
         return keep
 
     def observe(self, report: RoundReport) -> None:
-        self.rounds += 1
-        self.requested += report.requested
-        self.proposed += report.proposed
-        self.accepted += report.accepted
+        """Nothing to learn (policies that learn override this)."""
 
     def summary(self) -> dict[str, object]:
-        return {
-            "policy": self.name,
-            "rounds": self.rounds,
-            "requested": self.requested,
-            "proposed": self.proposed,
-            "accepted": self.accepted,
-            "acceptance_rate": self.accepted / self.proposed if self.proposed else None,  # accepted/proposed
-            "early_stops": self.early_stops,
-            "k_histogram": {str(k): n for k, n in sorted(self.k_histogram.items())},
-        }
+        return {"policy": self.name, "early_stops": self.early_stops}
 
 
 def _check_max_block(max_block: int) -> None:
@@ -145,7 +118,7 @@ def _check_max_block(max_block: int) -> None:
         raise ConfigError(f"lookahead max block must be an integer >= 1, got {max_block!r}")
 
 
-class Fixed(_Tally):
+class Fixed(_Policy):
     """Always ask for k tokens (clamped to the limit); never stop early. The classic SD baseline
     (Leviathan et al. 2023; llama.cpp `--spec-draft-n-max` with p_min 0)."""
 
@@ -160,7 +133,7 @@ class Fixed(_Tally):
         self.fallback_for = fallback_for  # the confidence policy this stands in for (see fit_to_proposer)
 
     def next_block(self, limit: int) -> int:
-        return self._asked(_clamp(self.k, limit))
+        return _clamp(self.k, limit)
 
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
         return True
@@ -171,8 +144,8 @@ class Fixed(_Tally):
 
 
 BLIND_K = 3
-"""Block length of a confidence policy over a proposer without confidences (the best fixed length measured
-in the 2026-11-22 sweep: 2, 3 and 4 tried, 3 best on every class with both proposers)."""
+"""Block length of a confidence policy over a proposer without confidences (the best fixed length of the
+sweep in bench/README.md)."""
 
 
 def fit_to_proposer(policy: Lookahead, confident: bool) -> Lookahead:
@@ -187,10 +160,10 @@ def fit_to_proposer(policy: Lookahead, confident: bool) -> Lookahead:
     return policy
 
 
-class Confidence(_Tally):
+class Confidence(_Policy):
     """Ask for max_block tokens; stop as soon as the drafter's top-1 probability falls below p_min, keeping
     that token. As llama.cpp's draft loop (`common/speculative.cpp`: push the token, then break when
-    `cur_p->data[0].p < params.p_min`; defaults p_min 0.75, n_max 16 in `common/common.h`)."""
+    `cur_p->data[0].p < params.p_min`)."""
 
     name = "pmin"
     needs_confidence = True
@@ -204,7 +177,7 @@ class Confidence(_Tally):
         self.max_block = max_block  # longest block asked for
 
     def next_block(self, limit: int) -> int:
-        return self._asked(_clamp(self.max_block, limit))
+        return _clamp(self.max_block, limit)
 
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
         return self._stop(top1 >= self.p_min)
@@ -213,7 +186,7 @@ class Confidence(_Tally):
         return {**super().summary(), "p_min": self.p_min, "max_block": self.max_block}
 
 
-class Entropy(_Tally):
+class Entropy(_Policy):
     """Ask for max_block tokens; stop when sqrt(gamma * H) > h, H the drafter's entropy in nats, keeping the
     high-entropy token. SVIP (Zhang et al. 2024) bounds the acceptance rate below by 1 - sqrt(gamma * H);
     AdaEDL (Agrawal et al. 2024) stops on the same bound. Defaults stop at H > h^2 / gamma = 0.6 nats."""
@@ -233,7 +206,7 @@ class Entropy(_Tally):
         self.max_block = max_block  # longest block asked for
 
     def next_block(self, limit: int) -> int:
-        return self._asked(_clamp(self.max_block, limit))
+        return _clamp(self.max_block, limit)
 
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
         return self._stop(math.sqrt(self.gamma * max(entropy, 0.0)) <= self.h)
@@ -293,7 +266,7 @@ class Calibration:
         ]
 
 
-class Cumulative(_Tally):
+class Cumulative(_Policy):
     """SpecDec++ (Huang et al. 2024): keep the running product of per-token acceptance estimates within the
     block and stop when 1 - product > h (the chance that some drafted token is rejected). SpecDec++ trains
     an acceptance head; here the estimate is the drafter's top-1 probability calibrated online
@@ -316,7 +289,7 @@ class Cumulative(_Tally):
 
     def next_block(self, limit: int) -> int:
         self.product = 1.0
-        return self._asked(_clamp(self.max_block, limit))
+        return _clamp(self.max_block, limit)
 
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
         if drafted <= 1:
@@ -325,7 +298,6 @@ class Cumulative(_Tally):
         return self._stop(1.0 - self.product <= self.h)
 
     def observe(self, report: RoundReport) -> None:
-        super().observe(report)
         self.calibration.add(report.confidences[: report.proposed], report.accepted)
 
     def summary(self) -> dict[str, object]:
@@ -340,19 +312,17 @@ class Cumulative(_Tally):
 class CostCurve:
     """A measured cost curve: seconds at each length x, from the last `per_length` observations there.
 
-    Batch costs are not linear (measured on a 2-core CPU, Qwen2.5-Coder 1.5B Q4_K_M: 1, 1.5, 2.0, 1.7, 2.2
-    and 3.3 times a one-token decode for batches of 1, 2, 3, 4, 5 and 8; llama.cpp's repacked kernels work
-    in tiles of rows), so a length measured at least twice costs a low quantile (`quantile`) of its
-    observations. Disturbances (CPU steal, other processes, page faults) only ever add time, so, as with
-    timeit's minimum, the faster observations are the machine's cost: a length that a burst of steal made
-    look slow in 5 of its 8 latest rounds keeps its cost, and is not shunned until it happens to be
-    measured again.
+    Batch costs are not linear (llama.cpp's repacked kernels work in tiles of rows: on a 2-core CPU a batch
+    of 4 verified faster than one of 3), so a length measured at least twice costs a low quantile
+    (`quantile`) of its observations. Disturbances (CPU steal, other processes, page faults) only ever add
+    time, so, as with timeit's minimum, the faster observations are the machine's cost: a length that a
+    burst of steal made look slow in 5 of its 8 latest rounds keeps its cost, and is not shunned until it
+    happens to be measured again.
 
     Observations also age: the context grows during a generation and shrinks at the next prompt, and a
     shared machine slows down and speeds up, while a length that only exploration visits is observed every
     8 to 64 rounds. Its last 8 observations then date from other conditions than those of the length in
-    use, and compared as measured, the stale cost decided the choice (run C, 2026-11-22: on rewrites block 3
-    kept a cost from earlier prompts and lost to block 4 for whole prompts). So when a length is observed,
+    use, and compared as measured, the stale cost would decide the choice. So when a length is observed,
     its observations from more than `max_age` rounds ago are dropped, all but the newest when fewer than 2
     would remain, and the quantile is the lower order statistic: a length seen now and then costs the lower
     of its last two observations, so one fresh observation corrects a stale cost that is too high, and
@@ -415,308 +385,292 @@ class CostCurve:
         return b0, b1
 
 
+# Goodput's settings that no interface reaches (read when used: tests override them by monkeypatching).
+# The pairs are the first and the longest interval of a Backoff, in rounds.
+WARMUP = (3, 0, 2, 4)  # block lengths of a Measurements' first rounds, in turn, twice over
+EXPLORE = (8, 64)  # drafting rounds between tries of the best k +- 1
+PROBES = (8, 64)  # rounds of k = 0 between probes while drafting could pay
+CANNOT_PAY = (256, 4096)  # rounds between probes while no block can pay (counted across generations)
+PROBE_K = 4  # block length of a probe
+MEMORY = 0.9  # per-round decay of the acceptance evidence (about the last 10 rounds)
+PRIOR_ACCEPTANCE = 0.6  # per-token acceptance assumed before any proposal is verified
+PRIOR_WEIGHT = 2.0  # pseudo-observations behind that prior
+OPTIMISM = 1.0  # standard errors added to the acceptance estimates when deciding whether to draft at all
+PER_LENGTH = 8  # observations a cost curve keeps per length
+
+
+class Backoff:
+    """A doubling interval: `due()`, called once a round, is true every `gap` rounds, the gap starting at
+    `first` and doubling (up to `most`) each time it is; `restart()` returns to the first gap and counts
+    anew."""
+
+    def __init__(self, first: int, most: int) -> None:
+        if not (isinstance(first, int) and isinstance(most, int) and 1 <= first <= most):
+            raise ConfigError(f"a back-off needs integers 1 <= first <= most, got {first!r} and {most!r}")
+        self.first, self.most = first, most
+        self.gap = first  # rounds from one due round to the next
+        self.count = 0  # rounds counted since the last due round or restart
+
+    def due(self) -> bool:
+        self.count += 1
+        if self.count < self.gap:
+            return False
+        self.count, self.gap = 0, min(2 * self.gap, self.most)
+        return True
+
+    def restart(self) -> None:
+        self.gap, self.count = self.first, 0
+
+
 class CostModel:
-    """What a stage measures that belongs to the machine and the pair of models more than to one
-    generation: the costs propose(k) for k > 0 proposed tokens and verify(n) for a batch of n
-    (`CostCurve`s), and the acceptance evidence (decayed counts by drafted position, see Goodput).
+    """Seconds of a round by block length k, measured on this machine: propose(k) for k > 0 proposed tokens
+    and verify(n) for a batch of n (`CostCurve`s of the last PER_LENGTH rounds at each length)."""
 
-    A pyramid shares one CostModel between the Goodput policies of its successive generations: each starts
-    where the last one ended, without a warm-up, and its acceptance evidence keeps fading per round, so a
-    new kind of prompt outweighs the last one within about ten rounds. (A point prior carried with the
-    weight of two observations was too light: in short HumanEval answers one early rejection stopped
-    drafting for the rest of the answer.)"""
+    def __init__(self) -> None:
+        self.propose = CostCurve(PER_LENGTH, flat=False)  # seconds ~ c0 + c1 * proposed, proposed > 0
+        self.verify = CostCurve(PER_LENGTH, flat=True)  # seconds ~ v0 + v1 * (proposed + 1)
 
-    def __init__(self, per_length: int = 8, max_block: int = 16) -> None:
-        self.propose = CostCurve(per_length, flat=False)  # seconds ~ c0 + c1 * proposed, proposed > 0
-        self.verify = CostCurve(per_length, flat=True)  # seconds ~ v0 + v1 * (proposed + 1)
+    def add(self, report: RoundReport) -> None:
+        if report.proposed > 0:
+            self.propose.add(report.proposed, report.propose_seconds)
+        self.verify.add(report.proposed + 1, report.verify_seconds)
+
+    def seconds(self, k: int) -> float:
+        """Predicted wall time of a round with block k (propose k, verify k + 1; propose(0) = 0)."""
+        return (self.propose(k) if k > 0 else 0.0) + self.verify(k + 1)
+
+    @property
+    def reach(self) -> int:
+        """Longest block considered: one more than the longest whose verification was measured twice (the
+        curves are not extrapolated further; exploration extends the reach one token at a time)."""
+        return max(self.verify.measured() or self.verify.samples)
+
+
+class Acceptance:
+    """Acceptance evidence by drafted position and the estimates read from it. A round with a proposal
+    fades the counts by MEMORY, then counts the positions it reached (the accepted ones and the first
+    rejection; later ones are unobserved) and those accepted. The pooled ratio, shrunk to PRIOR_ACCEPTANCE
+    with weight PRIOR_WEIGHT, is the geometric model's one per-token rate a (Leviathan et al. 2023); each
+    position's own ratio is shrunk to that a, so the estimates learn where acceptance is not geometric (an
+    n-gram's first token is the risk, the tokens after a correct one mostly follow)."""
+
+    def __init__(self, max_block: int) -> None:
         self.hits = np.zeros(max_block)  # [max_block] decayed accepted counts by drafted position
-        self.trials = np.zeros(max_block)  # [max_block] decayed reached counts by drafted position
+        self.trials = np.zeros(max_block)  # [max_block] decayed counts of rounds reaching each position
+
+    def add(self, proposed: int, accepted: int) -> None:
+        if proposed == 0:  # nothing proposed: no evidence, no fading
+            return
+        reached = min(accepted + 1, proposed, len(self.trials))
+        self.hits *= MEMORY
+        self.trials *= MEMORY
+        self.trials[:reached] += 1
+        self.hits[: min(accepted, reached)] += 1
+
+    @property
+    def pooled(self) -> float:
+        """The geometric model's per-token rate a."""
+        num = self.hits.sum() + PRIOR_WEIGHT * PRIOR_ACCEPTANCE
+        return float(num / (self.trials.sum() + PRIOR_WEIGHT))
+
+    def by_position(self) -> np.ndarray:
+        """[max_block] chance that drafted token i + 1 is accepted given tokens 1..i were."""
+        return (self.hits + PRIOR_WEIGHT * self.pooled) / (self.trials + PRIOR_WEIGHT)
+
+    def optimistic(self) -> np.ndarray:
+        """[max_block] by_position raised by OPTIMISM standard errors (at most 1)."""
+        a = self.by_position()
+        return np.minimum(a + OPTIMISM * np.sqrt(a * (1.0 - a) / (self.trials + PRIOR_WEIGHT)), 1.0)
+
+    def expected_tokens(self, k: int, optimistic: bool = False) -> float:
+        """Tokens a round with block k is expected to commit: 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k."""
+        a = self.optimistic() if optimistic else self.by_position()
+        return 1.0 + float(np.cumprod(a[:k]).sum())
+
+
+class Measurements:
+    """What a stage measures that belongs to the machine and the pair of models more than to one
+    generation: the costs, the acceptance evidence, the calibration by the drafter's top-1, and the
+    cannot-pay back-off (its rounds count across generations). A pyramid's generations share one (through
+    parse_lookahead's factory): each starts where the last one ended, without a warm-up, and the evidence
+    keeps fading per round, so a new kind of prompt outweighs the last one within about ten rounds."""
+
+    def __init__(self, max_block: int) -> None:
+        self.costs = CostModel()
+        self.acceptance = Acceptance(max_block)
         self.calibration = Calibration()  # acceptance by the drafter's top-1 (a model drafter's rounds)
-        self.hopeless = 0  # rounds since the last probe in which drafting could not pay (Goodput.can_pay)
-        self.hopeless_gap: int | None = None  # rounds between such probes now (None: hopeless_every)
+        self.cannot_pay = Backoff(*CANNOT_PAY)
+
+    def add(self, report: RoundReport) -> None:
+        """Learn from one verified round."""
+        self.calibration.add(report.confidences[: report.proposed], report.accepted)
+        self.acceptance.add(report.proposed, report.accepted)
+        self.costs.add(report)
 
 
-class Goodput(_Tally):
-    """SmartSpec (Liu et al. 2024) / SpecServe (Huang et al. 2025): choose k in 0..limit maximising
-    expected committed tokens per second,
+@dataclass
+class _Round:
+    """The round under way, as keep_drafting reads it (next_block sets it)."""
+
+    block: int = 0  # tokens asked for
+    rate: float | None = None  # the rule's predicted tokens/s for this round; None: a measurement, run whole
+    reached: float = 1.0  # chance that every token drafted so far this round is accepted
+
+
+class Goodput(_Policy):
+    """SmartSpec (Liu et al. 2024) / SpecServe (Huang et al. 2025). The rule: ask for the block length k in
+    0..max_block (and the limit) with the most expected committed tokens per second,
 
         rate(k) = (1 + a_1 + a_1 a_2 + ... + a_1 ... a_k)  /  (propose(k) + verify(k + 1)),
 
-    propose(0) = 0, with a_i the chance that the i-th drafted token is accepted given the ones before it
-    were, and costs measured online from the rounds' wall times: propose(k) and verify(n) are a low
-    quantile of the seconds of the recent rounds at that length, or lines c0 + c1 * k and v0 + v1 * n
-    where a length is not measured yet (`CostCurve`). k = 0 (no speculation) is chosen when drafting costs
-    more than it saves.
+    a_i the chance that the i-th drafted token is accepted given the ones before it were (`Acceptance`),
+    the costs measured on this machine (`CostModel`), propose(0) = 0. The length is the best rate's among
+    1..reach (the shortest on ties; `reach`: one past the longest block whose verification was measured
+    twice); k = 0 (no speculation) when not drafting beats it even with optimistic acceptance estimates
+    (a_i + OPTIMISM standard errors: a few rejections must not stop drafting on thin evidence, after which
+    nothing is learnt until the next probe).
 
-    Acceptance: exponentially weighted counts (`memory` per round) of positions reached and accepted.
-    Their pooled ratio, shrunk to a prior, is the geometric model's one per-token rate a (Leviathan et al.
-    2023); each position's own ratio is shrunk to that a, so the estimates learn where acceptance is not
-    geometric: an n-gram's first token is the risk, and the tokens after a correct one mostly follow.
-    The block length is chosen on the estimates; whether to draft at all (k = 0 or that length) on an
-    optimistic one, a_i + `optimism` standard errors (UCB): on a machine where speculation gains 10%, the
-    break-even acceptance is near the true one, and a few rejections would otherwise stop drafting on thin
-    evidence, after which nothing is learnt until the next probe.
+    Schedules, the rounds that measure instead of following the rule; all but the warm-up are a `Backoff`,
+    an interval that doubles (up to its longest) each time it comes due and restarts when its case ends:
 
-    Cold start: the first rounds a cost model sees (it is shared across a pyramid's generations with the
-    acceptance evidence, see CostModel) go twice through the `warmup` lengths, so that not drafting (k = 0)
-    and a few block lengths are measured before any is chosen on a guess. Exploration: after
-    `explore_every` drafting rounds the best k is moved by +-1 so the curves stay measured around it; the
-    interval doubles (up to `max_explore_every`) while the best k stays the one found at the last
-    exploration, and starts over when it moved: on the 2-core CPU curve measured here a block of 2 or 4
-    instead of 3 costs 12-20% of a round's rate, so a settled choice should rarely be left. k never goes
-    more than one past the longest block whose verification was measured twice (`reach`).
-    While k = 0 wins, a probe of `probe_k` tokens is sent after `explore_every` zero rounds,
-    then after twice as many (up to `max_probe_every`), since the acceptance estimate only moves on
-    proposals; a winning k > 0 resets the interval. Where no block would beat not drafting even if every
-    drafted token were accepted (`can_pay` is False: verification costs about as much per token as
-    decoding alone, as on a 2-core AMD EPYC, where 5 tokens of the 1.5B cost 4.2x one), better acceptance
-    cannot help and only a change of costs could: a probe then goes out after `hopeless_every` such
-    rounds of the cost model, counted across generations, then after twice as many while drafting still
-    cannot pay (up to `max_hopeless_every`). A probe after a pause also costs the drafter a catch-up
-    decode of every token it missed (there: 0.35-0.67 s, a tenth of a 128-token generation; with 4 probes
-    a generation the 0.5B draft cost a fifth of the decode time).
+    - warm-up: a Measurements' first 2 * len(WARMUP) rounds ask for the WARMUP lengths in turn, so that
+      k = 0 and a few blocks are measured before any is chosen on a guess;
+    - cannot pay: where no block would beat not drafting even with every drafted token accepted
+      (`can_pay` False: verification costs about as much per token as decoding alone), only a change of
+      costs can help: k = 0, and a probe of PROBE_K tokens every CANNOT_PAY rounds, counted across the
+      generations of the Measurements (a probe after a pause also costs the drafter a catch-up decode);
+    - probes: while k = 0 wins but drafting could pay, a probe of PROBE_K tokens every PROBES rounds of
+      k = 0, since the acceptance estimates only move on proposals; a winning k > 0 restarts it;
+    - exploration: every EXPLORE drafting rounds, the best k +- 1 (alternately), so the costs stay measured
+      around it; the interval restarts when the best k moved since the last exploration.
 
     Over a drafter that reports each token's top-1 probability (`stop_on_confidence`, set by
-    fit_to_proposer), a chosen block also stops early (keep_drafting): after each token, drafting goes on
-    while some longer block is expected to add tokens faster than the round's predicted rate, the tokens
-    drafted so far counting with their calibrated acceptance (`Calibration` by top-1, in the CostModel)
-    and later ones with the positional estimates. On Qwen2.5-Coder 0.5B drafting for the 1.5B, tokens
-    drafted with top-1 >= 0.8 were accepted 97-100% of the time and those below 0.7 about half the time
-    (code, chat and rewrites), so a block stops after an uncertain token and its draft time is saved."""
+    fit_to_proposer), keep_drafting also stops a block of the rule early: after each token, drafting goes
+    on while some longer block is expected to add tokens faster than the round's predicted rate, the
+    tokens so far counting with their calibrated acceptance (`Calibration`), later ones with the
+    positional estimates. Measurement rounds run whole. The measurements behind these settings are in
+    bench/README.md."""
 
     name = "goodput"
 
-    def __init__(
-        self,
-        max_block: int = 16,
-        explore_every: int = 8,
-        warmup: tuple[int, ...] = (3, 0, 2, 4),
-        probe_k: int = 4,
-        max_probe_every: int = 64,
-        max_explore_every: int = 64,
-        hopeless_every: int = 256,
-        max_hopeless_every: int = 4096,
-        memory: float = 0.9,
-        prior_acceptance: float = 0.6,
-        prior_weight: float = 2.0,
-        optimism: float = 1.0,
-        per_length: int = 8,
-        costs: CostModel | None = None,
-    ) -> None:
+    def __init__(self, max_block: int = 16, measurements: Measurements | None = None) -> None:
         super().__init__()
         _check_max_block(max_block)
-        if not (isinstance(explore_every, int) and explore_every >= 2):
-            raise ConfigError(f"goodput explore_every must be an integer >= 2, got {explore_every!r}")
-        if not (isinstance(hopeless_every, int) and 1 <= hopeless_every <= max_hopeless_every):
-            raise ConfigError(
-                f"goodput needs integers 1 <= hopeless_every <= max_hopeless_every, got {hopeless_every!r} "
-                f"and {max_hopeless_every!r}"
-            )
-        if not warmup or any(not (isinstance(k, int) and k >= 0) for k in warmup):
-            raise ConfigError(f"goodput warm-up lengths must be integers >= 0, got {warmup!r}")
-        if not (isinstance(probe_k, int) and probe_k >= 1):
-            raise ConfigError(f"goodput probe_k must be an integer >= 1, got {probe_k!r}")
-        if not 0.0 < memory <= 1.0:
-            raise ConfigError(f"goodput memory must be in (0, 1], got {memory!r}")
-        if not 0.0 <= prior_acceptance <= 1.0 or not prior_weight > 0.0:
-            raise ConfigError("goodput prior acceptance must be in [0, 1] and its weight > 0")
-        if not optimism >= 0.0:
-            raise ConfigError(f"goodput optimism must be >= 0, got {optimism!r}")
         self.max_block = max_block  # longest block considered
-        self.explore_every = explore_every  # rounds before trying best k +- 1 (and before a first re-probe)
-        self.warmup = warmup  # block lengths of a cost model's first 2 * len(warmup) rounds
-        self.probe_k = probe_k  # block length of a re-probe while k = 0 wins
-        self.max_probe_every = max_probe_every  # longest run of k = 0 rounds between probes
-        self.max_explore_every = max_explore_every  # longest interval between explorations
-        self.hopeless_every = hopeless_every  # rounds before a probe once drafting cannot pay (see can_pay)
-        self.max_hopeless_every = max_hopeless_every  # longest such interval (doubles while it cannot)
-        self.memory = memory  # per-round decay of the acceptance evidence (0.9: about the last 10 rounds)
-        self.prior_acceptance = prior_acceptance  # acceptance assumed before any proposal is verified
-        self.prior_weight = prior_weight  # pseudo-observations behind that prior
-        self.optimism = optimism  # standard errors added to each acceptance estimate when deciding
-        self.costs = costs or CostModel(per_length, max_block)  # per_length: rounds kept per length
-        if self.costs.hits.shape != (max_block,):
-            raise ConfigError(f"goodput max_block {max_block} differs from its shared cost model's")
-        self.zero_run = 0  # consecutive rounds where k = 0 won
-        self.probe_every = explore_every  # zero rounds before the next probe (doubles while probes fail)
-        self.explore_gap = explore_every  # drafting rounds between explorations (doubles while best stays)
-        self.since_exploration = 0  # drafting rounds since the last exploration
+        self.measurements = measurements if measurements is not None else Measurements(max_block)
+        if self.measurements.acceptance.hits.shape != (max_block,):
+            raise ConfigError(f"goodput max_block {max_block} differs from its shared measurements'")
+        self.exploring = Backoff(*EXPLORE)  # drafting rounds between explorations
+        self.probing = Backoff(*PROBES)  # rounds of k = 0 between probes while drafting could pay
         self.explored_around: int | None = None  # the best k at the last exploration
-        self.probes = 0  # probes sent while k = 0 won
-        self.explorations = 0  # rounds moved off the best k to keep the fit identifiable
-        self._step = 1  # direction of the next exploration step
+        self._step = 1  # direction of the last exploration step
+        self.probes = 0  # probes sent (either back-off)
+        self.explorations = 0  # rounds moved off the best k
         self.stop_on_confidence = False  # set by fit_to_proposer over a drafter that reports confidence
-        self._rate = 0.0  # predicted rate of this round's choice, what a further token must beat (0: none)
-        self._reached = 1.0  # chance that every token drafted so far this round is accepted
+        self.round = _Round()
 
     @property
     def needs_confidence(self) -> bool:
         """Whether the drafter should report each token's top-1 probability (see keep_drafting)."""
         return self.stop_on_confidence
 
-    @property
-    def propose_cost(self) -> CostCurve:
-        return self.costs.propose
-
-    @property
-    def verify_cost(self) -> CostCurve:
-        return self.costs.verify
-
-    @property
-    def hits(self) -> np.ndarray:
-        """[max_block] decayed accepted counts by drafted position (the shared CostModel's)."""
-        return self.costs.hits
-
-    @property
-    def trials(self) -> np.ndarray:
-        """[max_block] decayed counts of rounds that reached each drafted position (the CostModel's)."""
-        return self.costs.trials
-
-    @property
-    def acceptance(self) -> float:
-        """Pooled per-token acceptance estimate (the geometric model's rate)."""
-        num = self.hits.sum() + self.prior_weight * self.prior_acceptance
-        return float(num / (self.trials.sum() + self.prior_weight))
-
-    def acceptance_by_position(self) -> np.ndarray:
-        """[max_block] chance that drafted token i + 1 is accepted given tokens 1..i were."""
-        return (self.hits + self.prior_weight * self.acceptance) / (self.trials + self.prior_weight)
-
-    def optimistic_acceptance(self) -> np.ndarray:
-        """[max_block] acceptance_by_position raised by `optimism` standard errors (at most 1)."""
-        a = self.acceptance_by_position()
-        return np.minimum(a + self.optimism * np.sqrt(a * (1.0 - a) / (self.trials + self.prior_weight)), 1.0)
-
-    def expected_tokens(self, k: int, optimistic: bool = False) -> float:
-        """Tokens a round with block k is expected to commit (accepted drafts + the verifier's own)."""
-        a = self.optimistic_acceptance() if optimistic else self.acceptance_by_position()
-        return 1.0 + float(np.cumprod(a[:k]).sum())
-
-    def expected_seconds(self, k: int) -> float:
-        """Predicted wall time of a round with block k (propose k, verify k + 1)."""
-        return (self.propose_cost(k) if k > 0 else 0.0) + self.verify_cost(k + 1)
-
-    def rates(self, cap: int) -> list[float]:
-        """[cap + 1] predicted committed tokens per second for k = 0..cap."""
-        return [self.expected_tokens(k) / max(self.expected_seconds(k), 1e-9) for k in range(cap + 1)]
+    def rate(self, k: int, optimistic: bool = False) -> float:
+        """Predicted committed tokens per second of a round with block k."""
+        m = self.measurements
+        return m.acceptance.expected_tokens(k, optimistic) / max(m.costs.seconds(k), 1e-9)
 
     def best(self, cap: int) -> int:
-        """The k in 1..cap with the highest predicted rate (the shortest on ties), or 0 when not drafting
-        beats it even with the optimistic acceptance estimate."""
+        """The k in 1..cap with the highest rate (the shortest on ties), or 0 when not drafting beats it
+        even at the optimistic acceptance estimates."""
         if cap == 0:
             return 0
-        rates = self.rates(cap)
+        rates = [self.rate(k) for k in range(cap + 1)]
         k = 1 + int(np.argmax(rates[1:]))
-        hopeful = self.expected_tokens(k, optimistic=True) / max(self.expected_seconds(k), 1e-9)
-        return k if hopeful >= rates[0] else 0
+        return k if self.rate(k, optimistic=True) >= rates[0] else 0
+
+    def can_pay(self, cap: int) -> bool:
+        """Whether some block of 1..cap tokens, every one accepted, would commit tokens faster than not
+        drafting: if none would, only a change of costs, not of acceptance, can make drafting pay."""
+        seconds = self.measurements.costs.seconds
+        alone = 1.0 / max(seconds(0), 1e-9)
+        return any((k + 1) / max(seconds(k), 1e-9) > alone for k in range(1, cap + 1))
 
     def next_block(self, limit: int) -> int:
-        self._rate = 0.0  # warm-up rounds and probes are measurements: keep_drafting lets them run whole
-        cap = _clamp(self.max_block, limit)
+        self.round = self._choose(_clamp(self.max_block, limit))
+        return self.round.block
+
+    def _choose(self, cap: int) -> _Round:
+        """The rule's block for this round, or the measurement a schedule calls for."""
+        m = self.measurements
+        done = m.costs.verify.rounds
         if cap == 0:
-            return self._asked(0)
-        if self.verify_cost.rounds < 2 * len(self.warmup):
-            return self._asked(min(self.warmup[self.verify_cost.rounds % len(self.warmup)], cap))
-        cap = min(cap, self.reach)
+            return _Round(0)
+        if done < 2 * len(WARMUP):
+            return _Round(min(WARMUP[done % len(WARMUP)], cap))
+        cap = min(cap, m.costs.reach)
         best = self.best(cap)
         if best == 0 and not self.can_pay(cap):
-            gap = self.costs.hopeless_gap or self.hopeless_every
-            self.costs.hopeless += 1
-            if self.costs.hopeless < gap:
-                return self._asked(0)
-            self.costs.hopeless = 0
-            self.costs.hopeless_gap = min(2 * gap, self.max_hopeless_every)
-            return self._probe(cap)
-        self.costs.hopeless, self.costs.hopeless_gap = 0, None
+            return self._probe(cap) if m.cannot_pay.due() else _Round(0)
+        m.cannot_pay.restart()
         if best == 0:
-            self.zero_run += 1
-            if self.zero_run < self.probe_every:
-                return self._asked(0)
-            self.zero_run = 0
-            self.probe_every = min(2 * self.probe_every, self.max_probe_every)
-            return self._probe(cap)
-        self.zero_run = 0
-        self.probe_every = self.explore_every
-        self._rate = self.expected_tokens(best) / max(self.expected_seconds(best), 1e-9)
-        self._reached = 1.0
-        self.since_exploration += 1
-        if self.since_exploration < self.explore_gap:
-            return self._asked(best)
-        if best == self.explored_around:  # settled: explore half as often
-            self.explore_gap = min(2 * self.explore_gap, self.max_explore_every)
-        else:
-            self.explore_gap = self.explore_every
+            return self._probe(cap) if self.probing.due() else _Round(0)
+        self.probing.restart()
+        k = self._explore(best, cap) if self.exploring.due() else best
+        return _Round(k, self.rate(best))  # an exploration's further tokens are weighed at the best k's rate
+
+    def _probe(self, cap: int) -> _Round:
+        self.probes += 1
+        return _Round(min(PROBE_K, cap))
+
+    def _explore(self, best: int, cap: int) -> int:
+        """best + 1 and best - 1 in turn (the other one at 0 or the cap); a best k that moved since the last
+        exploration restarts the interval."""
+        if best != self.explored_around:
+            self.exploring.restart()
         self.explored_around = best
-        self.since_exploration = 0
         self._step = -self._step
         k = _clamp(best + self._step, cap)
         if k == best:
             k = _clamp(best - self._step, cap)
         self.explorations += k != best
-        return self._asked(k)
-
-    def _probe(self, cap: int) -> int:
-        """A block of probe_k tokens sent while not drafting wins, to measure acceptance and costs anew."""
-        self.probes += 1
-        return self._asked(min(self.probe_k, cap))
-
-    def can_pay(self, cap: int) -> bool:
-        """Whether some block of 1..cap tokens, every one accepted, would commit tokens faster than not
-        drafting: if none would, only a change of costs, not of acceptance, can make drafting pay."""
-        alone = 1.0 / max(self.expected_seconds(0), 1e-9)
-        return any((k + 1) / max(self.expected_seconds(k), 1e-9) > alone for k in range(1, cap + 1))
-
-    @property
-    def reach(self) -> int:
-        """Longest block considered: one more than the longest whose verification was measured twice (the
-        cost curves are not extrapolated further; exploration extends the reach one token at a time)."""
-        return max(self.verify_cost.measured() or self.verify_cost.samples)
+        return k
 
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
-        """Over a drafter reporting confidence: go on while some longer block is expected to add tokens
-        faster than this round's predicted rate (the marginal value of more drafting, with the tokens so
-        far accepted with the calibrated chance of their top-1 and later ones with the positional
-        estimates)."""
-        block = self.k_asked
-        if not self.stop_on_confidence or self._rate == 0.0 or drafted >= block:
+        """Over a drafter reporting confidence, in a round of the rule: go on while some longer block is
+        expected to add tokens faster than the round's predicted rate."""
+        r, m = self.round, self.measurements
+        if not self.stop_on_confidence or r.rate is None or drafted >= r.block:
             return True
-        self._reached *= self.costs.calibration.estimate(top1)
-        a = self.acceptance_by_position()[drafted:block]  # [m] the next positions' estimates
-        more = self._reached * np.cumsum(np.cumprod(a))  # [m] expected extra tokens drafting 1..m more
-        now = self.expected_seconds(drafted)
-        extra = np.array([self.expected_seconds(drafted + m) - now for m in range(1, len(a) + 1)])
-        return self._stop(bool(np.any(more - self._rate * extra > 0.0)))
+        r.reached *= m.calibration.estimate(top1)
+        a = m.acceptance.by_position()[drafted : r.block]  # [n] the next positions' estimates
+        more = r.reached * np.cumsum(np.cumprod(a))  # [n] expected extra tokens drafting 1..n more
+        now = m.costs.seconds(drafted)
+        extra = np.array([m.costs.seconds(drafted + j) - now for j in range(1, len(a) + 1)])  # [n] seconds
+        return self._stop(bool(np.any(more - r.rate * extra > 0.0)))
 
     def observe(self, report: RoundReport) -> None:
-        super().observe(report)
-        self.costs.calibration.add(report.confidences[: report.proposed], report.accepted)
-        if report.proposed > 0:
-            reached = min(report.accepted + 1, report.proposed, self.max_block)  # later ones: unobserved
-            self.hits[:] *= self.memory
-            self.trials[:] *= self.memory
-            self.trials[:reached] += 1
-            self.hits[: min(report.accepted, reached)] += 1
-            self.propose_cost.add(report.proposed, report.propose_seconds)
-        self.verify_cost.add(report.proposed + 1, report.verify_seconds)
+        self.measurements.add(report)
 
     def summary(self) -> dict[str, object]:
-        c0, c1 = self.propose_cost.coef
-        v0, v1 = self.verify_cost.coef
+        m = self.measurements
+        c0, c1 = m.costs.propose.coef
+        v0, v1 = m.costs.verify.coef
+        measured = bool(m.costs.verify.samples)
         return {
             **super().summary(),
             "max_block": self.max_block,
-            "acceptance_estimate": self.acceptance,
-            "acceptance_by_position": [round(float(a), 4) for a in self.acceptance_by_position()],
-            "propose_cost": {"c0": c0, "c1": c1, "rounds": self.propose_cost.rounds},  # seconds, s/token
-            "verify_cost": {"v0": v0, "v1": v1, "rounds": self.verify_cost.rounds},  # seconds, s/token
+            "acceptance_estimate": m.acceptance.pooled,
+            "acceptance_by_position": [round(float(a), 4) for a in m.acceptance.by_position()],
+            "propose_cost": {"c0": c0, "c1": c1, "rounds": m.costs.propose.rounds},  # seconds, s/token
+            "verify_cost": {"v0": v0, "v1": v1, "rounds": m.costs.verify.rounds},  # seconds, s/token
             "verify_seconds_per_token": {  # verify(n) / n by batch length n: what batching buys
-                str(n): self.verify_cost(n) / n for n in range(1, self.max_block + 2)
+                str(n): m.costs.verify(n) / n for n in range(1, self.max_block + 2)
             },
-            "best_k": self.best(self.max_block) if self.verify_cost.samples else None,
+            "best_k": self.best(self.max_block) if measured else None,
             "probes": self.probes,
-            "can_pay": self.can_pay(min(self.max_block, self.reach)) if self.verify_cost.samples else None,
+            "can_pay": self.can_pay(min(self.max_block, m.costs.reach)) if measured else None,
             "explorations": self.explorations,
-            **({"calibration": self.costs.calibration.table()} if self.stop_on_confidence else {}),
+            **({"calibration": m.calibration.table()} if self.stop_on_confidence else {}),
         }
 
 
@@ -741,7 +695,8 @@ def _number(spec: str, text: str, kind: type) -> float | int:
 def parse_lookahead(spec: str) -> Callable[[], Lookahead]:
     """A factory of fresh policies (one per generation) from a CLI string: `fixed:K`, `pmin:P`,
     `entropy:H`, `cumulative:H`, `goodput`; the threshold policies and goodput take an optional `:MAX`
-    (longest block). A bare name uses the defaults. Goodput policies from one factory share one CostModel.
+    (longest block). A bare name uses the defaults. Goodput policies from one factory share one
+    `Measurements`.
     Raises ConfigError with a one-line message on anything else."""
     name, *args = spec.strip().lower().split(":")
     if name not in _NAMES:
@@ -766,5 +721,5 @@ def parse_lookahead(spec: str) -> Callable[[], Lookahead]:
     except ConfigError as e:
         raise ConfigError(f"invalid lookahead {spec!r}: {e}") from None
     if isinstance(first, Goodput):
-        kwargs["costs"] = first.costs  # shared by every policy this factory makes
+        kwargs["measurements"] = first.measurements  # shared by every policy this factory makes
     return lambda: cls(**kwargs)

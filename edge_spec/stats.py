@@ -15,6 +15,7 @@ class StageStats:
     skipped: rounds where nothing was proposed (the lookahead chose 0, or an n-gram found no match) and
     the verifier decoded alone. The accepted-length histogram counts accepted proposed tokens per round with
     a proposal, without the verifier's token; the block-length histogram counts the lengths asked for.
+    These are the stage's only counters: `lookahead` shows the policy's report with them.
     """
 
     verifier: str
@@ -25,9 +26,32 @@ class StageStats:
     recovered: int = 0
     bonus: int = 0
     skipped: int = 0
-    lookahead: dict[str, object] = field(default_factory=dict)  # the policy's final estimates
+    policy: dict[str, object] = field(default_factory=dict)  # the lookahead policy's summary(), see lookahead
     accepted_lengths: Counter[int] = field(default_factory=Counter)
     block_lengths: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def lookahead(self) -> dict[str, object]:
+        """The lookahead policy's summary (its name, settings and final estimates) with this stage's counts
+        of its rounds: rounds, requested (tokens asked for), proposed, accepted, acceptance_rate (unrounded)
+        and k_histogram (the block-length histogram, keys as strings); {} before the policy reported."""
+        if not self.policy:
+            return {}
+        return {
+            "policy": self.policy["policy"],
+            "rounds": self.rounds,
+            "requested": sum(k * n for k, n in self.block_lengths.items()),
+            "proposed": self.proposed,
+            "accepted": self.accepted,
+            "acceptance_rate": self.accepted / self.proposed if self.proposed else None,
+            "k_histogram": {str(k): n for k, n in sorted(self.block_lengths.items())},
+            **self.policy,
+        }
+
+    @lookahead.setter
+    def lookahead(self, summary: dict[str, object]) -> None:
+        """Set by the loop at the end of a generation to the policy's summary()."""
+        self.policy = summary
 
     def record(self, proposed: int, accepted: int, requested: int) -> None:
         self.rounds += 1

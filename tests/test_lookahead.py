@@ -10,10 +10,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from edge_spec import lookahead
 from edge_spec.errors import ConfigError
 from edge_spec.lookahead import (
     BLIND_K,
     DEFAULT_LOOKAHEAD,
+    Backoff,
     Confidence,
     CostCurve,
     Cumulative,
@@ -25,6 +27,7 @@ from edge_spec.lookahead import (
     fit_to_proposer,
     parse_lookahead,
 )
+from edge_spec.stats import StageStats
 
 POLICIES: list[Callable[[], Lookahead]] = [Fixed, Confidence, Entropy, Cumulative, Goodput]
 
@@ -51,6 +54,7 @@ def simulate(
     seed: int = 0,
     noise: float = 0.01,  # relative standard deviation of the planted times
     limit: int = 64,
+    stage: StageStats | None = None,  # also counts the rounds, as the loop does
 ) -> list[int]:
     """Run `rounds` rounds of a proposer that returns what was asked; the block lengths chosen."""
     rng = np.random.default_rng(seed)
@@ -60,7 +64,10 @@ def simulate(
         ks.append(k)
         t_p = (propose[0] + propose[1] * k) * (1 + noise * rng.standard_normal()) if k else 0.0
         t_v = (verify[0] + verify[1] * (k + 1)) * (1 + noise * rng.standard_normal())
-        policy.observe(RoundReport(k, k, geometric_accepts(rng, alpha, k), t_p, t_v))
+        accepted = geometric_accepts(rng, alpha, k)
+        policy.observe(RoundReport(k, k, accepted, t_p, t_v))
+        if stage is not None:
+            stage.record(k, accepted, k)
     return ks
 
 
@@ -272,9 +279,10 @@ def test_cumulative_calibration_upwards() -> None:
 # --- goodput --------------------------------------------------------------------------------------
 
 
-def test_goodput_cold_start_measures_each_warmup_length_twice() -> None:
+def test_goodput_cold_start_measures_each_warmup_length_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not drafting and a few block lengths are measured twice before any length is chosen on the costs."""
-    policy = Goodput(warmup=(3, 0, 2, 4))
+    monkeypatch.setattr(lookahead, "WARMUP", (3, 0, 2, 4))
+    policy = Goodput()
     assert [policy.next_block(16) for _ in range(2)] == [3, 3]  # nothing observed yet: still the first
     ks = []
     for _ in range(8):
@@ -282,9 +290,9 @@ def test_goodput_cold_start_measures_each_warmup_length_twice() -> None:
         ks.append(k)
         policy.observe(RoundReport(k, k, k, 0.001 * k if k else 0.0, 0.05 + 0.001 * (k + 1)))
     assert ks == [3, 0, 2, 4, 3, 0, 2, 4]
-    assert policy.verify_cost.measured() == [1, 3, 4, 5]
+    assert policy.measurements.costs.verify.measured() == [1, 3, 4, 5]
     assert policy.next_block(16) == 5  # drafting is cheap: the longest block reachable, one past 4
-    assert Goodput(warmup=(3, 0, 2, 4)).next_block(2) == 2  # the limit still clamps the warm-up
+    assert Goodput().next_block(2) == 2  # the limit still clamps the warm-up
 
 
 def test_goodput_costs_persist_across_generations_of_one_factory() -> None:
@@ -294,16 +302,20 @@ def test_goodput_costs_persist_across_generations_of_one_factory() -> None:
     first = factory()
     simulate(first, 40, alpha=0.9, propose=(0.0, 0.01), verify=(0.05, 0.002))
     second = factory()
-    assert second.costs is first.costs and second.verify_cost.rounds == 40
-    assert second.acceptance == pytest.approx(first.acceptance)
-    assert first.acceptance > 0.8  # learnt from alpha = 0.9, not the default prior (0.6)
-    assert second.trials[0] > 5  # the evidence behind it, not a prior of weight 2
+    assert second.measurements is first.measurements and second.measurements.costs.verify.rounds == 40
+    assert second.measurements.acceptance.pooled == pytest.approx(first.measurements.acceptance.pooled)
+    assert first.measurements.acceptance.pooled > 0.8  # learnt from alpha = 0.9, not the default prior (0.6)
+    assert second.measurements.acceptance.trials[0] > 5  # the evidence behind it, not a prior of weight 2
     assert second.next_block(16) == second.best(12)  # no warm-up length: straight to the best k
     simulate(second, 40, alpha=0.3, propose=(0.0, 0.01), verify=(0.05, 0.002), seed=1)
-    assert second.acceptance < 0.5  # a new kind of prompt outweighs the inherited evidence
-    assert parse_lookahead("goodput")().costs is not first.costs  # another pyramid measures anew
+    assert (
+        second.measurements.acceptance.pooled < 0.5
+    )  # a new kind of prompt outweighs the inherited evidence
+    assert (
+        parse_lookahead("goodput")().measurements is not first.measurements
+    )  # another pyramid measures anew
     with pytest.raises(ConfigError, match="max_block"):
-        Goodput(max_block=8, costs=first.costs)
+        Goodput(max_block=8, measurements=first.measurements)
 
 
 def test_goodput_short_generations_keep_drafting_on_inherited_evidence() -> None:
@@ -319,15 +331,16 @@ def test_goodput_short_generations_keep_drafting_on_inherited_evidence() -> None
         assert all(k > 0 for k in on_measured_curve(policy, 5, alpha=0.95, noise=0.05, seed=seed + 10))
 
 
-def test_goodput_explores_less_while_its_choice_holds() -> None:
+def test_goodput_explores_less_while_its_choice_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where one block length is clearly best (the measured curve), the interval between explorations
-    doubles up to max_explore_every; where the best length keeps moving, exploration stays frequent."""
-    policy = Goodput(explore_every=8, max_explore_every=32)
+    doubles up to its longest; where the best length keeps moving, exploration stays frequent."""
+    monkeypatch.setattr(lookahead, "EXPLORE", (8, 32))
+    policy = Goodput()
     ks = on_measured_curve(policy, 300, alpha=0.95, noise=0.02, seed=0)
     off = [i for i, k in enumerate(ks) if i >= 8 and k != 3]  # after the warm-up
     # 43-44: block 1, never measured, read from the line until measured twice (not an exploration)
     assert off[:6] == [15, 23, 39, 43, 44, 71] and np.diff(off[5:]).tolist() == [32] * (len(off) - 6)
-    flat = Goodput(explore_every=8, max_explore_every=32)
+    flat = Goodput()
     simulate(flat, 300, alpha=0.9, propose=(0.0, 0.01), verify=(0.05, 0.002), noise=0.0)
     assert flat.explorations >= 20  # a flat optimum: the best k moves, so exploring restarts often
 
@@ -421,8 +434,8 @@ def test_goodput_stops_a_block_after_an_uncertain_token_and_gains_by_it() -> Non
     blind_tokens, blind_seconds = confident_drafter(blind, 400, seed=5)
     assert tokens / seconds > 1.04 * blind_tokens / blind_seconds
     assert informed.early_stops > 20 and blind.early_stops == 0
-    low = informed.costs.calibration.estimate(0.4)
-    assert low == pytest.approx(0.3, abs=0.1) and informed.costs.calibration.estimate(0.95) > 0.97
+    low = informed.measurements.calibration.estimate(0.4)
+    assert low == pytest.approx(0.3, abs=0.1) and informed.measurements.calibration.estimate(0.95) > 0.97
     k = informed.next_block(64)
     assert k >= 2
     assert not informed.keep_drafting(1, 0.4, 2.0)  # after an uncertain first token: verify it alone
@@ -430,9 +443,10 @@ def test_goodput_stops_a_block_after_an_uncertain_token_and_gains_by_it() -> Non
     assert all(informed.keep_drafting(i, 0.95, 0.1) for i in range(1, k))
 
 
-def test_goodput_warmup_and_probes_run_whole_blocks() -> None:
+def test_goodput_warmup_and_probes_run_whole_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Measurement rounds are not cut short: the warm-up measures its lengths, a probe its acceptance."""
-    policy = Goodput(warmup=(3, 4))
+    monkeypatch.setattr(lookahead, "WARMUP", (3, 4))
+    policy = Goodput()
     fit_to_proposer(policy, confident=True)
     for _ in range(4):
         k = policy.next_block(16)
@@ -446,8 +460,8 @@ def test_goodput_calibration_is_shared_across_generations() -> None:
     first = fit_to_proposer(factory(), confident=True)
     first.observe(RoundReport(3, 3, 1, 0.15, 0.2, (0.99, 0.35, 0.99)))
     second = factory()
-    assert second.costs.calibration.trials.sum() == 2  # the rejected second token, and the first
-    assert second.costs.calibration.estimate(0.35) < 0.35
+    assert second.measurements.calibration.trials.sum() == 2  # the rejected second token, and the first
+    assert second.measurements.calibration.estimate(0.35) < 0.35
 
 
 def test_goodput_chooses_zero_when_drafting_does_not_pay() -> None:
@@ -457,7 +471,9 @@ def test_goodput_chooses_zero_when_drafting_does_not_pay() -> None:
     tail = ks[50:]
     assert tail.count(0) / len(tail) > 0.9
     assert policy.best(16) == 0
-    assert policy.acceptance < 0.55  # few proposals to learn from: the prior (0.6) still weighs in
+    assert (
+        policy.measurements.acceptance.pooled < 0.55
+    )  # few proposals to learn from: the prior (0.6) still weighs in
 
 
 def test_goodput_long_blocks_when_drafting_is_cheap() -> None:
@@ -466,7 +482,9 @@ def test_goodput_long_blocks_when_drafting_is_cheap() -> None:
     tail = ks[50:]
     assert 0 not in tail
     assert 6 <= float(np.median(tail)) <= 12  # optimum for a = 0.9 is k = 8
-    assert policy.acceptance == pytest.approx(0.9, abs=0.15)  # a 10-round memory: sd about 0.03
+    assert policy.measurements.acceptance.pooled == pytest.approx(
+        0.9, abs=0.15
+    )  # a 10-round memory: sd about 0.03
 
 
 def test_goodput_respects_max_block_and_limit() -> None:
@@ -501,15 +519,17 @@ def test_goodput_fit_through_own_exploration() -> None:
     policy = Goodput()
     simulate(policy, 300, alpha=0.8, propose=(0.0, 0.004), verify=(0.04, 0.003), noise=0.005)
     assert policy.explorations > 0
-    assert policy.verify_cost.coef[1] == pytest.approx(0.003, rel=0.3)
-    assert policy.verify_cost.coef[0] == pytest.approx(0.04, rel=0.1)
-    assert policy.propose_cost.coef[1] == pytest.approx(0.004, rel=0.1)
+    costs = policy.measurements.costs
+    assert costs.verify.coef[1] == pytest.approx(0.003, rel=0.3)
+    assert costs.verify.coef[0] == pytest.approx(0.04, rel=0.1)
+    assert costs.propose.coef[1] == pytest.approx(0.004, rel=0.1)
 
 
-def test_goodput_reprobes_after_zeros_with_backoff() -> None:
+def test_goodput_reprobes_after_zeros_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing is accepted, but drafting would pay if it were (a draft token at 0.4 of a target token,
     cheap batches): the acceptance may change, so probes go on."""
-    policy = Goodput(explore_every=8, max_probe_every=64)
+    monkeypatch.setattr(lookahead, "PROBES", (8, 64))
+    policy = Goodput()
     ks = simulate(policy, 400, alpha=0.0, propose=(0.0, 0.02), verify=(0.05, 0.001))
     assert policy.can_pay(16)
     tail = ks[20:]
@@ -539,15 +559,25 @@ def test_goodput_stops_probing_where_costs_alone_rule_drafting_out() -> None:
     assert probes == [8 + 255, 8 + 255 + 512]  # 2 probes in 8 generations, not 32
 
 
-@pytest.mark.parametrize(("every", "most"), [(0, 4096), (512, 256), (2.5, 4096)])
-def test_goodput_rejects_bad_hopeless_intervals(every: float, most: int) -> None:
-    with pytest.raises(ConfigError, match="hopeless_every"):
-        Goodput(hopeless_every=every, max_hopeless_every=most)
+@pytest.mark.parametrize(("first", "most"), [(0, 4096), (512, 256), (2.5, 4096)])
+def test_backoff_rejects_bad_intervals(first: float, most: int) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"1 <= first <= most, got {first!r} and {most!r}")):
+        Backoff(first, most)  # type: ignore[arg-type]
 
 
-def test_goodput_recovers_when_acceptance_improves() -> None:
+def test_backoff_doubles_its_interval_up_to_the_longest_and_restarts() -> None:
+    """Due after 2 rounds, then 4, then 4 (the longest); a restart counts 2 rounds anew."""
+    backoff = Backoff(2, 4)
+    assert [i for i in range(1, 13) if backoff.due()] == [2, 6, 10]
+    backoff.due()
+    backoff.restart()
+    assert [backoff.due() for _ in range(2)] == [False, True]
+
+
+def test_goodput_recovers_when_acceptance_improves(monkeypatch: pytest.MonkeyPatch) -> None:
     """Acceptance jumps from 0 to 0.95 (e.g. the output starts quoting the prompt): a probe finds it."""
-    policy = Goodput(explore_every=8, max_probe_every=32)
+    monkeypatch.setattr(lookahead, "PROBES", (8, 32))
+    policy = Goodput()
     simulate(policy, 100, alpha=0.0, propose=(0.0, 0.004), verify=(0.05, 0.002))
     assert policy.next_block(16) == 0 or policy.best(16) == 0
     ks = simulate(policy, 100, alpha=0.95, propose=(0.0, 0.004), verify=(0.05, 0.002), seed=1)
@@ -563,10 +593,12 @@ def test_goodput_free_proposer_full_acceptance() -> None:
 
 
 def test_goodput_summary_json() -> None:
-    policy = Goodput()
+    """The policy's summary as a stage reports it, with the stage's counts of its rounds."""
+    policy, stage = Goodput(), StageStats("target", "draft")
     assert json.loads(json.dumps(policy.summary()))["best_k"] is None  # no data yet
-    simulate(policy, 50, alpha=0.7, propose=(0.001, 0.01), verify=(0.05, 0.003))
-    s = json.loads(json.dumps(policy.summary()))
+    simulate(policy, 50, alpha=0.7, propose=(0.001, 0.01), verify=(0.05, 0.003), stage=stage)
+    stage.lookahead = policy.summary()
+    s = json.loads(json.dumps(stage.summary()["lookahead"]))
     assert s["policy"] == "goodput" and s["rounds"] == 50
     assert set(s) >= {"acceptance_estimate", "propose_cost", "verify_cost", "verify_seconds_per_token"}
     assert sum(s["k_histogram"].values()) == 50
@@ -659,7 +691,7 @@ def test_goodput_finds_the_tile_friendly_block_on_a_measured_curve() -> None:
     policy = Goodput()
     tail = on_measured_curve(policy, 300, alpha=0.95, noise=0.02, seed=11)[50:]
     assert tail.count(3) / len(tail) > 0.7
-    assert policy.verify_cost(4) < policy.verify_cost(3)
+    assert policy.measurements.costs.verify(4) < policy.measurements.costs.verify(3)
 
 
 def test_goodput_compares_block_lengths_with_fresh_costs() -> None:
@@ -677,54 +709,65 @@ def test_goodput_compares_block_lengths_with_fresh_costs() -> None:
         ks = on_measured_curve(policy, 200, 0.95, 0.02, seed + 10)
         back = ks[ks.index(3) :]  # from the first exploration of block 3
         assert len(back) > 100 and back.count(3) / len(back) > 0.9
-        assert policy.verify_cost(4) == pytest.approx(0.095 * MEASURED_VERIFY[3], rel=0.05)
+        assert policy.measurements.costs.verify(4) == pytest.approx(0.095 * MEASURED_VERIFY[3], rel=0.05)
 
 
-def test_goodput_cold_start_settles_on_the_measured_best_block() -> None:
+def test_goodput_cold_start_settles_on_the_measured_best_block(monkeypatch: pytest.MonkeyPatch) -> None:
     """A first generation, 10% timing noise, a prior acceptance carried high (0.97) where the truth is 0.9,
     the measured verify curve: after the warm-up, block 3 is the choice in most rounds (five seeds pooled).
     A line fitted to a handful of noisy rounds used to wander to blocks of 1 or 5-6 for a whole generation."""
+    monkeypatch.setattr(lookahead, "PRIOR_ACCEPTANCE", 0.97)
     chosen = []
     for seed in range(5):
-        chosen += on_measured_curve(Goodput(prior_acceptance=0.97), 24, alpha=0.9, noise=0.1, seed=seed)[8:]
+        chosen += on_measured_curve(Goodput(), 24, alpha=0.9, noise=0.1, seed=seed)[8:]
     assert chosen.count(3) / len(chosen) > 0.5
 
 
-def test_goodput_grows_its_block_one_past_the_longest_verified() -> None:
+def test_goodput_grows_its_block_one_past_the_longest_verified(monkeypatch: pytest.MonkeyPatch) -> None:
     """Free drafting at full acceptance favours the longest block, but the cost curves are only trusted
     one token past what was measured twice: the block grows by one every second round."""
-    policy = Goodput(max_block=16, warmup=(1, 2))
+    monkeypatch.setattr(lookahead, "WARMUP", (1, 2))
+    policy = Goodput(max_block=16)
     ks = []
     for _ in range(60):
         k = policy.next_block(64)
-        twice = [n - 1 for n in policy.verify_cost.measured()]  # blocks whose verification was measured
+        twice = [
+            n - 1 for n in policy.measurements.costs.verify.measured()
+        ]  # blocks whose verification was measured
         assert k <= max(twice, default=2) + 1
         policy.observe(RoundReport(k, k, k, 0.001 * k if k else 0.0, 0.05 + 0.001 * (k + 1)))
         ks.append(k)
     assert ks[:7] == [1, 2, 1, 2, 3, 3, 4] and max(ks) == 16  # warm-up twice, then 3 twice, then 4
 
 
-def test_goodput_learns_acceptance_by_position_for_all_or_nothing_proposals() -> None:
+def test_goodput_learns_acceptance_by_position_for_all_or_nothing_proposals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """An n-gram's proposal is right as a whole or wrong from its first token (here 40% right): the first
     position's estimate falls to 0.4, the later ones rise toward 1, and a block of 4 is expected to commit
     what it does (1 + 4 * 0.4 tokens), not what the pooled geometric rate would say."""
+    monkeypatch.setattr(lookahead, "MEMORY", 1.0)
     rng = np.random.default_rng(5)
-    policy = Goodput(memory=1.0)
+    policy = Goodput()
     for _ in range(300):
         accepted = 4 if rng.random() < 0.4 else 0
         policy.observe(RoundReport(4, 4, accepted, 0.0, 0.1))
-    by_position = policy.acceptance_by_position()
+    acceptance = policy.measurements.acceptance
+    by_position = acceptance.by_position()
     assert by_position[0] == pytest.approx(0.4, abs=0.06)
     assert (by_position[1:4] > 0.97).all()
-    a = policy.acceptance
-    assert policy.expected_tokens(4) == pytest.approx(1 + 4 * 0.4, abs=0.15)
+    a = acceptance.pooled
+    assert acceptance.expected_tokens(4) == pytest.approx(1 + 4 * 0.4, abs=0.15)
     assert (1 - a**5) / (1 - a) > 1 + 4 * 0.4 + 0.3  # the geometric model overrates it
 
 
-def _all_or_nothing(optimism: float, rounds: int) -> Goodput:
+def _all_or_nothing(monkeypatch: pytest.MonkeyPatch, optimism: float, rounds: int) -> Goodput:
     """Blocks of 4 that are right 3 times in 4 (wholly) and wrong from their first token otherwise, with
-    costs that put the break-even just above that: drafting 85 ms a token, verifying about 100 ms."""
-    policy = Goodput(optimism=optimism, memory=1.0)
+    costs that put the break-even just above that: drafting 85 ms a token, verifying about 100 ms. The
+    settings stay patched for the rest of the test."""
+    monkeypatch.setattr(lookahead, "OPTIMISM", optimism)
+    monkeypatch.setattr(lookahead, "MEMORY", 1.0)
+    policy = Goodput()
     for i in range(rounds):
         policy.observe(RoundReport(4, 4, 0 if i % 4 == 0 else 4, 0.085 * 4, 0.105))
     for n in (1, 2, 3):
@@ -734,19 +777,28 @@ def _all_or_nothing(optimism: float, rounds: int) -> Goodput:
 
 
 @pytest.mark.parametrize("rounds", [4, 8])
-def test_goodput_keeps_drafting_on_thin_evidence_against_it(rounds: int) -> None:
-    assert _all_or_nothing(optimism=0.0, rounds=rounds).best(4) == 0  # the estimates say stop ...
-    assert _all_or_nothing(optimism=1.0, rounds=rounds).best(4) == 1  # ... but not by a standard error
+def test_goodput_keeps_drafting_on_thin_evidence_against_it(
+    monkeypatch: pytest.MonkeyPatch, rounds: int
+) -> None:
+    assert (
+        _all_or_nothing(monkeypatch, optimism=0.0, rounds=rounds).best(4) == 0
+    )  # the estimates say stop ...
+    assert (
+        _all_or_nothing(monkeypatch, optimism=1.0, rounds=rounds).best(4) == 1
+    )  # ... but not by a std error
 
 
-def test_goodput_stops_drafting_once_the_evidence_is_in() -> None:
-    assert _all_or_nothing(optimism=1.0, rounds=200).best(4) == 0
+def test_goodput_stops_drafting_once_the_evidence_is_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _all_or_nothing(monkeypatch, optimism=1.0, rounds=200).best(4) == 0
 
 
 @pytest.mark.parametrize(
     ("alpha", "k", "expected"),
     [(0.0, 4, 1.0), (1.0, 4, 5.0), (0.5, 3, 1.875), (0.8, 0, 1.0), (0.9, 5, sum(0.9**j for j in range(6)))],
 )
-def test_goodput_expected_tokens_before_any_round_is_geometric(alpha: float, k: int, expected: float) -> None:
+def test_goodput_expected_tokens_before_any_round_is_geometric(
+    monkeypatch: pytest.MonkeyPatch, alpha: float, k: int, expected: float
+) -> None:
     """With no evidence every position's estimate is the prior: (1 - a^(k+1)) / (1 - a) tokens a round."""
-    assert Goodput(prior_acceptance=alpha).expected_tokens(k) == pytest.approx(expected)
+    monkeypatch.setattr(lookahead, "PRIOR_ACCEPTANCE", alpha)
+    assert Goodput().measurements.acceptance.expected_tokens(k) == pytest.approx(expected)

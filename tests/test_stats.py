@@ -62,6 +62,30 @@ def test_stage_summary() -> None:
     assert list(s.summary()["accepted_length_histogram"]) == [0, 1, 4]  # sorted
 
 
+def test_lookahead_shows_the_policy_summary_with_the_stage_counts() -> None:
+    """The stage is the one home of the round counts; `lookahead` shows them beside the policy's report
+    under the names its JSON has always had (the block-length histogram as k_histogram, string keys)."""
+    s = stage((4, 4, 4), (4, 1, 4), (0, 0, 0), (2, 0, 6))
+    s.lookahead = {"policy": "goodput", "early_stops": 1, "best_k": 3}
+    assert s.lookahead == {
+        "policy": "goodput",
+        "rounds": 4,
+        "requested": 14,
+        "proposed": 10,
+        "accepted": 5,
+        "acceptance_rate": 0.5,
+        "k_histogram": {"0": 1, "4": 2, "6": 1},
+        "early_stops": 1,
+        "best_k": 3,
+    }
+    assert s.summary()["lookahead"] == s.lookahead and s.summary()["block_length_histogram"] == {
+        0: 1,
+        4: 2,
+        6: 1,
+    }
+    assert stage((4, 1, 4), (3, 1, 3), (3, 0, 3)).lookahead == {}  # before the policy reported
+
+
 def test_stage_summary_rounding() -> None:
     summary = stage((3, 1, 3), (3, 1, 3), (3, 0, 3)).summary()
     assert summary["acceptance_rate"] == 0.2222
