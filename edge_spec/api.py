@@ -382,7 +382,7 @@ class Pyramid:
             stats.tier_seconds = {t.path.name: t.decode_seconds - before[t.path.name] for t in self.models}
             for v in chain(top):
                 if v.stats is not None:
-                    v.stats.lookahead = v.policy.summary()
+                    v.stats.policy = v.policy.summary()
                     stats.stages.append(v.stats)
             self.last_result = Result(text.text, out_ids, stats)
         tail = text.finish()

@@ -48,11 +48,6 @@ class StageStats:
             **self.policy,
         }
 
-    @lookahead.setter
-    def lookahead(self, summary: dict[str, object]) -> None:
-        """Set by the loop at the end of a generation to the policy's summary()."""
-        self.policy = summary
-
     def record(self, proposed: int, accepted: int, requested: int) -> None:
         self.rounds += 1
         self.block_lengths[requested] += 1

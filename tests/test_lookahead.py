@@ -597,7 +597,7 @@ def test_goodput_summary_json() -> None:
     policy, stage = Goodput(), StageStats("target", "draft")
     assert json.loads(json.dumps(policy.summary()))["best_k"] is None  # no data yet
     simulate(policy, 50, alpha=0.7, propose=(0.001, 0.01), verify=(0.05, 0.003), stage=stage)
-    stage.lookahead = policy.summary()
+    stage.policy = policy.summary()
     s = json.loads(json.dumps(stage.summary()["lookahead"]))
     assert s["policy"] == "goodput" and s["rounds"] == 50
     assert set(s) >= {"acceptance_estimate", "propose_cost", "verify_cost", "verify_seconds_per_token"}

@@ -66,7 +66,7 @@ def test_lookahead_shows_the_policy_summary_with_the_stage_counts() -> None:
     """The stage is the one home of the round counts; `lookahead` shows them beside the policy's report
     under the names its JSON has always had (the block-length histogram as k_histogram, string keys)."""
     s = stage((4, 4, 4), (4, 1, 4), (0, 0, 0), (2, 0, 6))
-    s.lookahead = {"policy": "goodput", "early_stops": 1, "best_k": 3}
+    s.policy = {"policy": "goodput", "early_stops": 1, "best_k": 3}
     assert s.lookahead == {
         "policy": "goodput",
         "rounds": 4,
