@@ -29,7 +29,7 @@ import numpy as np
 
 from edge_spec import _rowmath
 from edge_spec.errors import ConfigError
-from edge_spec.sampling import Warped, top_k_ids
+from edge_spec.sampling import Warped, f32_row, top_k_ids
 
 DIVERGENCES = ("js", "js-sym", "kl", "tv")
 
@@ -229,18 +229,14 @@ def _row_divergence(zp: np.ndarray, zq: np.ndarray, kind: str, top_k: int | None
     if top_k is not None and top_k < zp.size:
         top = top_k_ids(zp, top_k)  # p's top tokens
         zp, zq = _bucket(zp, top), _bucket(zq, top)
-    return _rowmath.divergence(kind, _f32(zp), _f32(zq))
+    return _rowmath.divergence(kind, f32_row(zp), f32_row(zq))
 
 
 def _bucket(z: np.ndarray, top: np.ndarray) -> np.ndarray:  # [n+1] float64
     """Log-probabilities of softmax(z) [V] on the tokens `top` [n], plus one bucket holding the rest (its
     own log-sum-exp, exact however small the rest is)."""
-    row = _f32(z)
+    row = f32_row(z)
     lse = _rowmath.logsumexp(row, 1.0)
     rest = row.copy()
     rest[top] = -np.inf
     return np.append(row[top].astype(np.float64) - lse, _rowmath.logsumexp(rest, 1.0) - lse)
-
-
-def _f32(z: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(z, dtype=np.float32)

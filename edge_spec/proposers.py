@@ -10,7 +10,7 @@ import numpy as np
 from edge_spec import _rowmath
 from edge_spec.backend import Tier
 from edge_spec.lookahead import Lookahead
-from edge_spec.sampling import SamplingConfig, Warped, make_rng
+from edge_spec.sampling import SamplingConfig, Warped, f32_row, make_rng
 
 
 @dataclass
@@ -113,4 +113,4 @@ class ModelDrafter:
 
 def confidence(logits: np.ndarray) -> tuple[float, float]:
     """Top-1 probability and entropy (nats) of softmax(logits); logits [V] float32 (one fused C pass)."""
-    return _rowmath.confidence(np.ascontiguousarray(logits, dtype=np.float32))
+    return _rowmath.confidence(f32_row(logits))

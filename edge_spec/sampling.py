@@ -130,7 +130,7 @@ class Warped:
             ids, w = self._weights(i)
             j = _inverse_cdf(w, u)
             return j if ids is None else int(ids[j])
-        token = _rowmath.sample_softmax(self._row32(i), 1.0 / self.cfg.temperature, u, -1)
+        token = _rowmath.sample_softmax(f32_row(self.logits[i]), 1.0 / self.cfg.temperature, u, -1)
         if token < 0:
             raise ValueError(f"row {i} has no token with positive probability")
         return token
@@ -139,10 +139,12 @@ class Warped:
         """The token at uniform u from max(0, p_i - q_i), this row p_i (q None: p_i without token x); -1
         when that is all zero."""
         if self._fused(i) and (q is None or (q._fused(i) and q.cfg.temperature == self.cfg.temperature)):
-            scale, row = 1.0 / self.cfg.temperature, self._row32(i)
+            scale, row = 1.0 / self.cfg.temperature, f32_row(self.logits[i])
             if q is None:
                 return _rowmath.sample_softmax(row, scale, u, x)
-            return _rowmath.sample_residual(row, q._row32(i), scale, self._log_total(i), q._log_total(i), u)
+            return _rowmath.sample_residual(
+                row, f32_row(q.logits[i]), scale, self._log_total(i), q._log_total(i), u
+            )
         r = self.dense(i)  # [V], a fresh array
         if q is None:
             r[x] = 0.0
@@ -155,9 +157,6 @@ class Warped:
         """Whether row i is a whole-vocabulary softmax of logits, which the C kernel draws from."""
         return not self._given and not self.cfg.greedy and self._survivors(i) is None
 
-    def _row32(self, i: int) -> np.ndarray:  # [V] float32, C-contiguous
-        return np.ascontiguousarray(self.logits[i], dtype=np.float32)
-
     def _survivors(self, i: int) -> np.ndarray | None:
         """Ids of the tokens of row i that survive truncation; None when all do."""
         if i not in self._keep:
@@ -169,7 +168,7 @@ class Warped:
         if i not in self._log_totals:
             keep, scale = self._survivors(i), 1.0 / self.cfg.temperature
             if keep is None:
-                total = _rowmath.logsumexp(self._row32(i), scale)
+                total = _rowmath.logsumexp(f32_row(self.logits[i]), scale)
             else:
                 zk = self.logits[i][keep].astype(np.float64)
                 top = zk.max()
@@ -236,6 +235,11 @@ def _inverse_cdf(w: np.ndarray, u: float) -> int:
     return int(starts[b]) + j
 
 
+def f32_row(z: np.ndarray) -> np.ndarray:  # [V] float32, C-contiguous
+    """A row as the C kernel (edge_spec/_rowmath.c) reads it; no copy when it already is one."""
+    return np.ascontiguousarray(z, dtype=np.float32)
+
+
 def _truncate(z: np.ndarray, cfg: SamplingConfig) -> np.ndarray | None:
     """Token ids surviving top-k, top-p, min-p of one row of logits [V]; None when all survive."""
     keep: np.ndarray | None = None
@@ -277,7 +281,7 @@ def _top_p(z: np.ndarray, top_p: float) -> np.ndarray:
     comes from one fused log-sum-exp pass; candidates are found by comparing logits, without an exp pass.
     """
     top = float(z.max())
-    need = top_p * math.exp(_rowmath.logsumexp(np.ascontiguousarray(z, dtype=np.float32), 1.0) - top)
+    need = top_p * math.exp(_rowmath.logsumexp(f32_row(z), 1.0) - top)
     for cut in _TOP_P_CUTS:
         cand = np.flatnonzero(z >= top + math.log(cut)) if cut > 0.0 else np.arange(z.size)
         w = np.exp(z[cand].astype(np.float64) - top)
