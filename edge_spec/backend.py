@@ -104,6 +104,61 @@ def build_info() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Device:
+    """A compute device llama.cpp registered (ggml's backend device)."""
+
+    name: str  # ggml's name, e.g. 'CUDA0' or 'CPU'
+    description: str  # e.g. 'NVIDIA H200' or the CPU's model name
+    kind: str  # 'cpu', 'gpu', 'igpu' (integrated, host memory), 'accel' or 'meta'
+    free_bytes: int  # memory free on the device now (host memory for the CPU)
+    total_bytes: int
+
+
+_DEVICE_KINDS = ("cpu", "gpu", "igpu", "accel", "meta")  # enum ggml_backend_dev_type (ggml-backend.h)
+
+
+@functools.cache
+def _ggml_device_functions() -> ctypes.CDLL:
+    """ggml's device registry, which llama-cpp-python does not bind: found through libllama's handle (its
+    dependencies' symbols resolve through it)."""
+    lib = lc.llama_cpp._lib
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = ctypes.c_char_p
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+    lib.ggml_backend_dev_memory.restype = None
+    return lib
+
+
+def devices() -> list[Device]:
+    """The devices this llama.cpp build registered, GPUs first as llama.cpp lists them, with free memory."""
+    _init_backend()
+    lib = _ggml_device_functions()
+    found = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = lib.ggml_backend_dev_type(dev)
+        found.append(
+            Device(
+                name=(lib.ggml_backend_dev_name(dev) or b"").decode("utf-8", "replace"),
+                description=(lib.ggml_backend_dev_description(dev) or b"").decode("utf-8", "replace"),
+                kind=_DEVICE_KINDS[kind] if 0 <= kind < len(_DEVICE_KINDS) else str(kind),
+                free_bytes=free.value,
+                total_bytes=total.value,
+            )
+        )
+    return found
+
+
 def _cpu_has_amx() -> bool:
     try:
         return "amx_tile" in Path("/proc/cpuinfo").read_text()

@@ -395,6 +395,37 @@ def derive_command(target: str, kind: str, out: Path | None, threads: int) -> No
     click.echo(derived.path)
 
 
+@main.command("doctor")
+@click_options("preset", *options.MODELS, *options.TIER)
+@click.option(
+    "--repeats", default=3, show_default=True, type=click.IntRange(min=2), help="Timed decodes per length."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: measurements and verdict.")
+@_clean_errors
+def doctor_command(**o: Any) -> None:
+    """Measure what speculative decoding can buy on this machine: the llama.cpp build and its devices, the
+    target's cost of verifying 1 to 32 tokens in one decode, each lower tier's cost per drafted token and
+    acceptance; then say whether and how much drafting can pay (the ceiling of a perfect free draft, and
+    the block length goodput would choose for each given draft, with the speed-up it expects)."""
+    from edge_spec import doctor
+    from edge_spec.api import NGRAM, LoadOptions
+    from edge_spec.models import DEFAULT_MODEL, resolve
+
+    o = _with_preset(o)
+    config = LoadOptions(**{name: o[name] for name in options.TIER}).tier_config()
+    target = resolve(o["target_ref"] or DEFAULT_MODEL)
+    lower = [
+        (role, ref if ref == NGRAM else resolve(ref))
+        for role, ref in (("draft", o["draft_ref"]), ("qualifier", o["qualifier_ref"]))
+        if ref is not None
+    ]
+    diagnosis = doctor.diagnose(
+        target, lower, config, o["repeats"], progress=lambda text: _status(f"edge-spec: {text} ...")
+    )
+    _status("")
+    click.echo(json.dumps(diagnosis.to_dict()) if o["as_json"] else doctor.report(diagnosis))
+
+
 @main.command("bench")
 @click_option("target_ref")
 @click_option("draft_ref", dest="draft_refs", multiple=True)
