@@ -270,6 +270,85 @@ def batch(in_path: Path, out_path: Path, **o: Any) -> None:
     sys.exit(EXIT_SOME_FAILED if report.failed else 0)
 
 
+@main.command()
+@click_options(*_RUN_OPTIONS)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).",
+)
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one)."
+)
+@click.option(
+    "--parallel",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Slots: copies of the pyramid, each answering one request at a time (more memory, see README).",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="EDGE_SPEC_API_KEY",
+    help="Require 'Authorization: Bearer KEY' on /v1 (default: $EDGE_SPEC_API_KEY, else no key).",
+)
+@_clean_errors
+def serve(host: str, port: int, parallel: int, api_key: str | None, **o: Any) -> None:
+    """Serve OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models) and /health over HTTP.
+    Requests queue first come, first served for --parallel slots. The options below are the defaults of
+    requests that leave a field out (greedy, 256 tokens unless told otherwise). Ctrl-C (or SIGTERM) lets
+    running requests finish, then exits 0; a second Ctrl-C exits 130 at once."""
+    import os
+
+    from edge_spec import server
+    from edge_spec.models import DEFAULT_MODEL
+
+    settings = _settings({**o, "raw": False})
+    if settings.load.threads == 0 and parallel > 1:  # the slots share the cores instead of each taking all
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // parallel)
+        settings = dataclasses.replace(settings, load=dataclasses.replace(settings.load, threads=threads))
+    placed = _placed(settings)
+    pyramids: list[Pyramid] = []
+    try:
+        for _ in range(parallel):
+            pyramids.append(_open_pyramid(placed))
+        pyr = pyramids[0]
+        click.echo("edge-spec: " + ", ".join(f"{t.path.name} on {t.device}" for t in pyr.models), err=True)
+        _context_note(pyr, settings)
+        aliases = {settings.target or DEFAULT_MODEL, Path(pyr.model).stem}
+        defaults = {k: v for k, v in settings.generation.items() if k != "raw"}
+        with contextlib.closing(server.bind(host, port)) as sock:
+            server.serve(pyramids, sock, aliases=aliases, defaults=defaults, api_key=api_key, log=_log)
+    finally:
+        for p in pyramids:
+            p.close()
+
+
+def _log(line: str) -> None:
+    click.echo(f"edge-spec: {line}", err=True)
+
+
+@main.command()
+@click_options(*_RUN_OPTIONS)
+@click.option("--system", default=None, help="System prompt of the conversation.")
+@_clean_errors
+def chat(system: str | None, **o: Any) -> None:
+    """Chat with the model in the terminal: answers stream, the conversation so far stays in the KV cache,
+    one stats line per answer on stderr. Ctrl-C stops an answer, Ctrl-D leaves; /help lists commands
+    (/reset, /undo, /system, /stats, /exit)."""
+    from edge_spec.repl import Chat
+
+    settings = _settings({**o, "raw": False})
+    with _open_pyramid(_placed(settings)) as pyr:
+        click.echo("edge-spec: " + ", ".join(f"{t.path.name} on {t.device}" for t in pyr.models), err=True)
+        _context_note(pyr, settings)
+        generation = {k: v for k, v in settings.generation.items() if k != "raw"}
+        Chat(pyr, generation, system).run()
+
+
 def _plan(o: Mapping[str, Any], device: str = "auto") -> Any:
     """The memory plan for the tiers, context and batch in `o` (an "ngram" draft takes no memory). The
     options are checked before any model is read."""
