@@ -19,13 +19,14 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_spec import checks
+from edge_spec import calibration, checks
 from edge_spec.backend import MAX_THREADS, Tier, TierConfig
+from edge_spec.calibration import CalibrationFile
 from edge_spec.chat import Message, as_messages, render
 from edge_spec.checks import stage_count
 from edge_spec.errors import ConfigError, ContextOverflowError, EdgeSpecError
 from edge_spec.lookahead import parse_lookahead
-from edge_spec.options import GENERATION, default
+from edge_spec.options import GENERATION, default, draft_or_none
 from edge_spec.pyramid import NGRAM, StageConfig, assemble, chain, commit_rounds
 from edge_spec.sampling import SamplingConfig
 from edge_spec.stats import GenerationStats
@@ -52,6 +53,7 @@ class LoadOptions:
     cache_type: str = default("cache_type")  # KV cache type: f16 | q8_0 | q4_0 | f32 (quantized: flash attn)
     flash_attn: bool | None = default("flash_attn")  # None = llama.cpp decides
     threads: int = default("threads")  # CPU threads; 0 = every core this process may use
+    calibration_cache: bool = default("calibration_cache")  # reuse and keep goodput's measurements
     accept: str = default("accept")  # exact | fuzzy, or one per stage ("exact,fuzzy" = PSD_A)
     tau_q: float = default("tau_q")  # fuzzy threshold at the draft -> qualifier stage
     tau_t: float = default("tau_t")  # fuzzy threshold at the target stage
@@ -68,6 +70,7 @@ class LoadOptions:
         checks.text("cache_type", self.cache_type)
         checks.flag("flash_attn", self.flash_attn, optional=True)
         checks.integer("threads", self.threads, least=0, most=MAX_THREADS)
+        checks.flag("calibration_cache", self.calibration_cache)
         for option in ("accept", "divergence", "lookahead"):
             checks.text(option, getattr(self, option))
         checks.number("tau_q", self.tau_q, least=0)
@@ -174,6 +177,10 @@ class Result:
 class Pyramid:
     """Loaded tiers, bottom to top: [draft] -> [qualifier] -> target.
 
+    With `calibration_cache` (Pyramid.open's default), goodput starts from what it measured in earlier
+    processes with the same models and settings on this machine, and saves what it measures after each
+    generation (`edge_spec.calibration`).
+
     One generation at a time: a call made while another generation holds the pyramid (another thread, or
     an unfinished `stream` in this one) raises EdgeSpecError at once rather than waiting, so a caller
     never blocks on a stream it forgot to finish. Use one pyramid per worker thread, or serialize calls
@@ -187,6 +194,7 @@ class Pyramid:
         qualifier: Tier | None = None,
         draft: Tier | str | None = None,
         stages: Sequence[StageConfig] | None = None,
+        calibration_cache: bool = False,
     ) -> None:
         n_stages = stage_count(draft, qualifier)
         if isinstance(draft, str) and draft != NGRAM:
@@ -201,6 +209,12 @@ class Pyramid:
             raise ConfigError(f"{len(self.models)} tiers need {n_stages} stage settings")
         self._verifiers = [t for t in (qualifier, target) if t is not None]
         self._policies = [parse_lookahead(s.lookahead) for s in self.stages]  # goodput costs persist
+        self._measured = [p.measurements for p in self._policies]  # per stage: goodput's, or None
+        self._calibration: CalibrationFile | None = None
+        if draft is not None and calibration.enabled(calibration_cache) and any(self._measured):
+            roles = {"draft": draft, "qualifier": qualifier, "target": target}
+            self._calibration = CalibrationFile(calibration.pyramid_key(roles, self.stages))
+            self._calibration.load(self._measured)
         self._lock = threading.Lock()  # held by the one generation under way, from start to end
         self._computing = threading.Lock()  # held while that generation computes (not while it yields)
         self._closed = False
@@ -212,7 +226,7 @@ class Pyramid:
         cls,
         target: Ref | None = None,
         *,
-        draft: Ref | None = None,
+        draft: Ref | None = NGRAM,
         qualifier: Ref | None = None,
         options: LoadOptions | None = None,
         tier_configs: Mapping[str, TierConfig] | None = None,
@@ -220,7 +234,8 @@ class Pyramid:
     ) -> Pyramid:
         """Load a pyramid as `edge-spec run` does: the one way to open one (the constructor wraps tiers
         already loaded). Models are references (GGUF paths or carried model names, see
-        `edge_spec.models.resolve`; `draft` may be "ngram"); no target loads the embedded default model.
+        `edge_spec.models.resolve`); the draft is prompt lookup ("ngram") unless given ("none" or None: no
+        draft); no target loads the embedded default model.
         Options are `LoadOptions` fields, given as `options` and/or keywords (`ctx=2048, accept="fuzzy",
         tau_t=0.3`). `tier_configs` maps "draft" / "qualifier" / "target" to a config replacing the
         options' for that tier (the memory planner's placement). Tiers are checked for compatibility."""
@@ -236,9 +251,10 @@ class Pyramid:
             if ref is not None and not isinstance(ref, (str, os.PathLike)):
                 raise ConfigError(f"{role} must be a model reference (a path or a name), got {ref!r}")
         opts = dataclasses.replace(options or LoadOptions(), **overrides)
+        draft = draft_or_none(None if draft is None else os.fspath(draft))
         stages = opts.stages(stage_count(draft, qualifier))
         config, per_tier = opts.tier_config(), tier_configs or {}
-        d = None if draft is None else NGRAM if os.fspath(draft) == NGRAM else resolve(draft)
+        d = None if draft is None else NGRAM if draft == NGRAM else resolve(draft)
         q = None if qualifier is None else resolve(qualifier)
         target_path = resolve(target or DEFAULT_MODEL)
         loaded: list[Tier] = []
@@ -250,7 +266,8 @@ class Pyramid:
 
             draft_tier = tier(d, "draft") if d not in (None, NGRAM) else d
             qualifier_tier = tier(q, "qualifier") if q is not None else None
-            return cls(tier(target_path, "target"), qualifier_tier, draft_tier, stages)
+            target_tier = tier(target_path, "target")
+            return cls(target_tier, qualifier_tier, draft_tier, stages, opts.calibration_cache)
         except BaseException:
             for t in loaded:
                 t.close()
@@ -385,6 +402,8 @@ class Pyramid:
                     v.stats.policy = v.policy.summary()
                     stats.stages.append(v.stats)
             self.last_result = Result(text.text, out_ids, stats)
+            if self._calibration is not None:
+                self._calibration.save(self._measured)
         tail = text.finish()
         if tail:
             yield tail

@@ -69,6 +69,7 @@ class BenchConfig:
     temperature: float = 0.0  # 0 = greedy
     seed: int = 0
     pass_timeout: float = 10.0  # seconds per HumanEval program
+    as_commands: bool = False  # each generation a new pyramid on the calibration cache, as `run` commands
 
     def __post_init__(self) -> None:
         unknown = set(self.suites) - set(SUITES)
@@ -144,17 +145,20 @@ class Tiers:
         for t in self.models.values():
             t.close()
 
-    def pyramid(self, mode: Mode) -> Pyramid:
+    def pyramid(self, mode: Mode, as_command: bool = False) -> Pyramid:
         """The mode's tiers assembled, once per mode: like a long-lived app, a mode keeps its pyramid (and
-        a goodput policy's measured costs) from the warm-up on."""
+        a goodput policy's measured costs) from the warm-up on. `as_command`: a new pyramid each time, on
+        the calibration cache, as each `edge-spec run` command starts (the warm-up is the first one)."""
+        if as_command:
+            return self._assemble(mode, calibration_cache=True)
         if mode.name not in self._pyramids:
             self._pyramids[mode.name] = self._assemble(mode)
         return self._pyramids[mode.name]
 
-    def _assemble(self, mode: Mode) -> Pyramid:
+    def _assemble(self, mode: Mode, calibration_cache: bool = False) -> Pyramid:
         draft = None if mode.draft is None else self.proposers[mode.draft]
         qualifier = self.qualifier[1] if mode.qualifier and self.qualifier else None
-        return Pyramid(self.target, qualifier, draft, mode.stages)
+        return Pyramid(self.target, qualifier, draft, mode.stages, calibration_cache)
 
 
 def model_label(ref: str) -> str:
@@ -242,7 +246,7 @@ def greedy_path_share(target: Tier, prompt_ids: list[int], output: Sequence[int]
 
 
 def _generate(tiers: Tiers, mode: Mode, prompt: BenchPrompt, cfg: BenchConfig, max_tokens: int) -> dict:
-    pyr = tiers.pyramid(mode)
+    pyr = tiers.pyramid(mode, cfg.as_commands)
     for tier in pyr.models:
         tier.reset()
     result = pyr.generate(

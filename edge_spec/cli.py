@@ -134,7 +134,7 @@ def _with_preset(o: Mapping[str, Any]) -> dict[str, Any]:
     ctx = click.get_current_context()
     filled = dict(o)
     for role, tier in preset.tiers.items():
-        if o[f"{role}_ref"] is None:
+        if ctx.get_parameter_source(f"{role}_ref") in (None, click.core.ParameterSource.DEFAULT):
             filled[f"{role}_ref"] = tier.model
     for option, value in preset.recommended.items():
         if option in o and ctx.get_parameter_source(option) in (None, click.core.ParameterSource.DEFAULT):
@@ -152,11 +152,12 @@ def _settings(o: Mapping[str, Any]) -> Settings:
     o = _with_preset(o)
     generation = {name: o[name] for name in options.GENERATION}
     check_generation(**generation)
-    load = LoadOptions(**{name: o[name] for name in (*options.TIER, *options.STAGES)})
-    load.stages(stage_count(o["draft_ref"], o["qualifier_ref"]))
+    load = LoadOptions(**{name: o[name] for name in (*options.LOAD, *options.STAGES)})
+    draft = options.draft_or_none(o["draft_ref"])
+    load.stages(stage_count(draft, o["qualifier_ref"]))
     if o["budget"] is not None:
         parse_size(o["budget"])
-    return Settings(o["target_ref"], o["draft_ref"], o["qualifier_ref"], load, generation, o["budget"])
+    return Settings(o["target_ref"], draft, o["qualifier_ref"], load, generation, o["budget"])
 
 
 def _open_pyramid(s: Settings) -> Pyramid:
@@ -187,7 +188,7 @@ def _context_note(pyr: Pyramid, s: Settings) -> None:
         click.echo(f"edge-spec: context {pyr.n_ctx} tokens: {trained}", err=True)
 
 
-_RUN_OPTIONS = ("preset", *options.MODELS, "budget", *options.GENERATION[:-1], *options.TIER, *options.STAGES)
+_RUN_OPTIONS = ("preset", *options.MODELS, "budget", *options.GENERATION[:-1], *options.LOAD, *options.STAGES)
 """run's and batch's options (batch: no prompt, no --json); --raw is listed last, as in run."""
 
 
@@ -359,11 +360,11 @@ def _plan(o: Mapping[str, Any], device: str = "auto") -> Any:
     budget = parse_size(o["budget"])
     checks.integer("ctx", o["ctx"], least=16)
     checks.integer("batch", o["batch"], least=1)
-    checks.stage_count(o["draft_ref"], o["qualifier_ref"])
+    checks.stage_count(options.draft_or_none(o["draft_ref"]), o["qualifier_ref"])
     refs = {
         "target": o["target_ref"] or DEFAULT_MODEL,
         "qualifier": o["qualifier_ref"],
-        "draft": o["draft_ref"],
+        "draft": options.draft_or_none(o["draft_ref"]),
     }
     shapes = {role: read_shape(resolve(ref)) for role, ref in refs.items() if ref not in (None, "ngram")}
     if device == "auto":
@@ -560,6 +561,13 @@ def doctor_command(**o: Any) -> None:
     type=click.Path(path_type=Path),
     help="Output prefix: writes PREFIX.json and PREFIX.png.",
 )
+@click.option(
+    "--as-commands",
+    is_flag=True,
+    help="Start each generation as a new `edge-spec run` would: goodput's measurements read from the "
+    "calibration cache and saved after it (the warm-up generation is the first command). Default: one "
+    "pyramid per mode, warm from its warm-up on.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_clean_errors
 def bench_command(**o: Any) -> None:
@@ -594,6 +602,7 @@ def bench_command(**o: Any) -> None:
         temperature=o["temperature"],
         seed=seed,
         pass_timeout=o["pass_timeout"],
+        as_commands=o["as_commands"],
     )
     binary = find_peer(o["llama_cpp_bin"])
     config = LoadOptions(**{k: o[k] for k in options.TIER}).tier_config()

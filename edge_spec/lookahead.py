@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -221,6 +220,18 @@ class Entropy(_Policy):
         }
 
 
+def _counts(state: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hits [n], trials [n]) read from a `state()` dict; ValueError unless 0 <= hits <= trials."""
+    hits, trials = np.asarray(state["hits"], dtype=float), np.asarray(state["trials"], dtype=float)
+    if (
+        hits.shape != (n,)
+        or trials.shape != (n,)
+        or not (np.all(hits >= 0) and np.all(hits <= trials + 1e-9))
+    ):
+        raise ValueError(f"bad acceptance counts (expected {n} of each, 0 <= hits <= trials)")
+    return hits, trials
+
+
 class Calibration:
     """The chance that a drafted token is accepted given the ones before it were, as a function of the
     drafter's top-1 probability: top-1 is bucketed into `bins` bins, each with a Beta prior of weight
@@ -252,6 +263,12 @@ class Calibration:
             b = self._bin(top1)
             self.trials[b] += 1
             self.hits[b] += i < accepted
+
+    def state(self) -> dict[str, list[float]]:
+        return {"hits": self.hits.tolist(), "trials": self.trials.tolist()}
+
+    def restore(self, state: dict) -> None:
+        self.hits, self.trials = _counts(state, self.bins)
 
     def table(self) -> list[dict[str, object]]:
         """Per bucket: its top-1 range, the positions observed and accepted, the estimate at its centre."""
@@ -350,12 +367,37 @@ class CostCurve:
         ys.append((self.rounds, float(y)))
         while len(ys) > 2 and ys[0][0] < self.rounds - self.max_age:
             ys.popleft()
-        self.cost_at[x] = float(np.quantile([t for _, t in ys], self.quantile, method="lower"))
+        self.cost_at[x] = self._quantile(ys)
         self.rounds += 1
         self.coef = self._fit()
 
+    def _quantile(self, ys: deque[tuple[int, float]]) -> float:
+        return float(np.quantile([t for _, t in ys], self.quantile, method="lower"))
+
     def identified(self) -> bool:
         return len(self.samples) >= 2
+
+    def state(self) -> dict[str, object]:
+        """The observations as plain JSON values (`restore` reads them back)."""
+        return {"rounds": self.rounds, "samples": {str(x): list(ys) for x, ys in self.samples.items()}}
+
+    def restore(self, state: dict) -> None:
+        """Take the observations of `state()`; raises ValueError on anything malformed."""
+        rounds = state["rounds"]
+        if not isinstance(rounds, int) or rounds < 0:
+            raise ValueError(f"bad round count {rounds!r}")
+        samples: dict[int, deque[tuple[int, float]]] = {}
+        for x, ys in state["samples"].items():
+            pairs = [(int(r), float(t)) for r, t in ys]
+            if int(x) < 0 or not pairs or any(not (0 <= r < rounds and 0.0 <= t < 1e6) for r, t in pairs):
+                raise ValueError(f"bad observations at length {x}")
+            samples[int(x)] = deque(pairs[-self.per_length :], maxlen=self.per_length)
+        self.samples, self.rounds = samples, rounds
+        self.cost_at = {
+            x: float(np.quantile([t for _, t in ys], self.quantile, method="lower"))
+            for x, ys in samples.items()
+        }
+        self.coef = self._fit() if samples else (0.0, 0.0)
 
     def measured(self) -> list[int]:
         """Lengths observed at least twice (their cost is measured, not read from the line)."""
@@ -420,6 +462,15 @@ class Backoff:
 
     def restart(self) -> None:
         self.gap, self.count = self.first, 0
+
+    def state(self) -> list[int]:
+        return [self.gap, self.count]
+
+    def restore(self, state: list) -> None:
+        gap, count = (int(v) for v in state)
+        if not (self.first <= gap <= self.most and 0 <= count < gap):
+            raise ValueError(f"bad back-off state {state!r}")
+        self.gap, self.count = gap, count
 
 
 class CostModel:
@@ -487,19 +538,51 @@ class Acceptance:
         a = self.optimistic() if optimistic else self.by_position()
         return 1.0 + float(np.cumprod(a[:k]).sum())
 
+    def state(self) -> dict[str, list[float]]:
+        return {"hits": self.hits.tolist(), "trials": self.trials.tolist()}
+
+    def restore(self, state: dict) -> None:
+        self.hits, self.trials = _counts(state, len(self.trials))
+
 
 class Measurements:
     """What a stage measures that belongs to the machine and the pair of models more than to one
-    generation: the costs, the acceptance evidence, the calibration by the drafter's top-1, and the
-    cannot-pay back-off (its rounds count across generations). A pyramid's generations share one (through
+    generation: the costs, the acceptance evidence, the calibration by the drafter's top-1, and the probe
+    back-offs (their rounds count across generations). A pyramid's generations share one (through
     parse_lookahead's factory): each starts where the last one ended, without a warm-up, and the evidence
-    keeps fading per round, so a new kind of prompt outweighs the last one within about ten rounds."""
+    keeps fading per round, so a new kind of prompt outweighs the last one within about ten rounds.
+    `state()` / `restore()` carry them to the next process (`edge_spec.calibration`)."""
 
     def __init__(self, max_block: int) -> None:
+        self.max_block = max_block  # longest block the acceptance evidence covers
         self.costs = CostModel()
         self.acceptance = Acceptance(max_block)
         self.calibration = Calibration()  # acceptance by the drafter's top-1 (a model drafter's rounds)
-        self.cannot_pay = Backoff(*CANNOT_PAY)
+        self.cannot_pay = Backoff(*CANNOT_PAY)  # rounds between probes while no block can pay
+        self.probing = Backoff(*PROBES)  # rounds of k = 0 between probes while drafting could pay
+
+    def state(self) -> dict[str, object]:
+        """Everything measured, as plain JSON values."""
+        return {
+            "propose": self.costs.propose.state(),
+            "verify": self.costs.verify.state(),
+            "acceptance": self.acceptance.state(),
+            "calibration": self.calibration.state(),
+            "cannot_pay": self.cannot_pay.state(),
+            "probing": self.probing.state(),
+        }
+
+    def restore(self, state: dict) -> None:
+        """Take what `state()` gave, all or nothing: raises ValueError, KeyError or TypeError on anything
+        malformed, leaving these measurements as they were."""
+        fresh = Measurements(self.max_block)
+        fresh.costs.propose.restore(state["propose"])
+        fresh.costs.verify.restore(state["verify"])
+        fresh.acceptance.restore(state["acceptance"])
+        fresh.calibration.restore(state["calibration"])
+        fresh.cannot_pay.restore(state["cannot_pay"])
+        fresh.probing.restore(state["probing"])
+        self.__dict__.update(fresh.__dict__)
 
     def add(self, report: RoundReport) -> None:
         """Learn from one verified round."""
@@ -540,7 +623,8 @@ class Goodput(_Policy):
       costs can help: k = 0, and a probe of PROBE_K tokens every CANNOT_PAY rounds, counted across the
       generations of the Measurements (a probe after a pause also costs the drafter a catch-up decode);
     - probes: while k = 0 wins but drafting could pay, a probe of PROBE_K tokens every PROBES rounds of
-      k = 0, since the acceptance estimates only move on proposals; a winning k > 0 restarts it;
+      k = 0 (counted across generations too), since the acceptance estimates only move on proposals; a
+      winning k > 0 restarts it;
     - exploration: every EXPLORE drafting rounds, the best k +- 1 (alternately), so the costs stay measured
       around it; the interval restarts when the best k moved since the last exploration.
 
@@ -561,7 +645,6 @@ class Goodput(_Policy):
         if self.measurements.acceptance.hits.shape != (max_block,):
             raise ConfigError(f"goodput max_block {max_block} differs from its shared measurements'")
         self.exploring = Backoff(*EXPLORE)  # drafting rounds between explorations
-        self.probing = Backoff(*PROBES)  # rounds of k = 0 between probes while drafting could pay
         self.explored_around: int | None = None  # the best k at the last exploration
         self._step = 1  # direction of the last exploration step
         self.probes = 0  # probes sent (either back-off)
@@ -613,8 +696,8 @@ class Goodput(_Policy):
             return self._probe(cap) if m.cannot_pay.due() else _Round(0)
         m.cannot_pay.restart()
         if best == 0:
-            return self._probe(cap) if self.probing.due() else _Round(0)
-        self.probing.restart()
+            return self._probe(cap) if m.probing.due() else _Round(0)
+        m.probing.restart()
         k = self._explore(best, cap) if self.exploring.due() else best
         return _Round(k, self.rate(best))  # an exploration's further tokens are weighed at the best k's rate
 
@@ -692,7 +775,7 @@ def _number(spec: str, text: str, kind: type) -> float | int:
     return value
 
 
-def parse_lookahead(spec: str) -> Callable[[], Lookahead]:
+def parse_lookahead(spec: str) -> PolicyFactory:
     """A factory of fresh policies (one per generation) from a CLI string: `fixed:K`, `pmin:P`,
     `entropy:H`, `cumulative:H`, `goodput`; the threshold policies and goodput take an optional `:MAX`
     (longest block). A bare name uses the defaults. Goodput policies from one factory share one
@@ -722,4 +805,20 @@ def parse_lookahead(spec: str) -> Callable[[], Lookahead]:
         raise ConfigError(f"invalid lookahead {spec!r}: {e}") from None
     if isinstance(first, Goodput):
         kwargs["measurements"] = first.measurements  # shared by every policy this factory makes
-    return lambda: cls(**kwargs)
+    return PolicyFactory(cls, kwargs)
+
+
+@dataclass(frozen=True)
+class PolicyFactory:
+    """Makes a fresh policy per generation; goodput's share the `measurements` of their factory."""
+
+    cls: type
+    kwargs: dict
+
+    def __call__(self) -> Lookahead:
+        return self.cls(**self.kwargs)
+
+    @property
+    def measurements(self) -> Measurements | None:
+        """What this factory's goodput policies measure (None for the other policies)."""
+        return self.kwargs.get("measurements")

@@ -17,6 +17,11 @@ import click
 from edge_spec.acceptance import DIVERGENCES
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, LOOKAHEAD_HELP
 
+NGRAM = "ngram"
+"""The draft reference that selects the model-free prompt-lookup proposer: the default draft."""
+NO_DRAFT = "none"
+"""The draft reference that selects no draft (the target alone)."""
+
 CACHE_TYPES = ("f16", "q8_0", "q4_0", "f32")
 """KV cache element types (edge_spec.backend maps each to llama.cpp's type)."""
 
@@ -45,8 +50,9 @@ _DECLARED = (
     Option(
         "draft_ref",
         ("--draft", "-md"),
-        None,
-        "Draft tier: a model reference, or 'ngram' (prompt lookup; bench's default).",
+        NGRAM,
+        "Draft tier: a model reference, 'ngram' (prompt lookup, free: goodput drops it where it cannot pay) "
+        "or 'none'.",
     ),
     Option("qualifier_ref", ("--qualifier",), None, "Qualifier tier between draft and target."),
     Option(
@@ -95,6 +101,13 @@ _DECLARED = (
         "Fixed tokens the qualifier hands the target (fixed:K at the top stage).",
         type=int,
     ),
+    Option(
+        "calibration_cache",
+        ("--calibration-cache/--no-calibration-cache",),
+        True,
+        "Start from the costs and acceptance goodput measured in earlier runs with these models and "
+        "settings on this machine, and keep what it measures (EDGE_SPEC_CALIBRATION=off: never).",
+    ),
     Option("raw", ("--raw",), False, "Send the prompt as-is, without the chat template.", is_flag=True),
 )
 OPTIONS: dict[str, Option] = {o.name: o for o in _DECLARED}
@@ -102,10 +115,17 @@ OPTIONS: dict[str, Option] = {o.name: o for o in _DECLARED}
 
 TIER = ("ctx", "batch", "gpu_layers", "cache_type", "flash_attn", "threads")
 """How every tier loads."""
+LOAD = (*TIER, "calibration_cache")
+"""How a pyramid loads, besides its models and stages."""
 MODELS = ("target_ref", "draft_ref", "qualifier_ref")
 STAGES = ("accept", "tau_q", "tau_t", "divergence", "lookahead", "draft_block", "qualifier_block")
 GENERATION = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "raw")
 """The options of one generation (`Pyramid.stream`'s keywords)."""
+
+
+def draft_or_none(ref: str | None) -> str | None:
+    """A --draft value as a model reference: None for 'none' (no draft)."""
+    return None if ref is None or ref == NO_DRAFT else ref
 
 
 def default(name: str) -> Any:

@@ -20,13 +20,12 @@ from edge_spec.acceptance import Verdict
 from edge_spec.backend import Tier
 from edge_spec.errors import ConfigError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, Lookahead, RoundReport, fit_to_proposer, parse_lookahead
+from edge_spec.options import NGRAM
 from edge_spec.proposers import Block, ModelDrafter, NgramProposer, Proposer, catch_up
 from edge_spec.sampling import SamplingConfig, Warped, make_rng
 from edge_spec.stats import StageStats
 
 ACCEPT_RULES = ("exact", "fuzzy")
-NGRAM = "ngram"
-"""The draft reference that selects the model-free prompt-lookup proposer."""
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,26 @@ class StageStats:
             self.bonus += 1
         self.accepted_lengths[accepted] += 1
 
+    def speculation(self) -> str:
+        """What speculation did at this stage, in words: acceptance and block lengths, or why it drafted
+        nothing (goodput found no block that can pay on this machine, or none that pays at the acceptance
+        seen; the proposer found nothing to propose)."""
+        asked = sorted(k for k in self.block_lengths if k > 0)
+        if self.proposed:
+            drafted = sum(self.block_lengths[k] for k in asked)
+            ks = f"{asked[0]}" if asked[0] == asked[-1] else f"{asked[0]}-{asked[-1]}"
+            return (
+                f"accepted {self.accepted}/{self.proposed} ({self.accepted / self.proposed:.0%}), "
+                f"blocks of {ks} in {drafted}/{self.rounds} rounds"
+            )
+        if asked:
+            return "drafted nothing: no proposal found"
+        if self.policy.get("can_pay") is False:
+            return "not drafting: cannot pay on this machine"
+        if self.policy.get("policy") == "goodput":
+            return "not drafting: too little accepted to pay"
+        return "not drafting"
+
     def summary(self) -> dict[str, object]:
         speculated = self.rounds - self.skipped
         return {
@@ -120,11 +140,7 @@ class GenerationStats:
             f"{self.tokens_per_second:.1f} tok/s",
             f"prefill {self.prefill_seconds:.2f}s ({self.prompt_tokens} prompt tokens)",
         ]
-        parts += [
-            f"{s.proposer}->{s.verifier} accepted {s.accepted}/{s.proposed}"
-            + (f" ({s.accepted / s.proposed:.0%})" if s.proposed else "")
-            for s in self.stages
-        ]
+        parts += [f"{s.proposer}->{s.verifier} {s.speculation()}" for s in self.stages]
         if self.finish_reason == "context":
             parts.append("stopped: the context window is full (raise --ctx)")
         return ", ".join(parts)

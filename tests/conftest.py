@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from tiny_gguf import write_tiny_model
+
+# Tests start goodput from nothing unless they enable its calibration cache themselves (test_calibration).
+os.environ["EDGE_SPEC_CALIBRATION"] = "off"
 
 NOISY_DRAFT_NOISE = 0.3  # ~70% greedy agreement with the target
 UNRELATED_SEED = 1

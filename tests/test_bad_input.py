@@ -349,11 +349,12 @@ def test_load_options_of_the_wrong_type_raise_before_loading(tmp_path: Path) -> 
 
 
 def test_a_qualifier_without_a_draft_is_refused_before_loading(env: dict[str, str], tmp_path: Path) -> None:
+    """The default draft (ngram) sits under a qualifier; `--draft none` with a qualifier is refused."""
     missing = tmp_path / "missing.gguf"
-    proc = edge_spec(env, "run", PROMPT, "--target", missing, "--qualifier", missing)
+    proc = edge_spec(env, "run", PROMPT, "--target", missing, "--qualifier", missing, "--draft", "none")
     assert_one_error_line(proc, "a qualifier needs a draft")
     with pytest.raises(ConfigError, match="a qualifier needs a draft"):
-        Pyramid.open(missing, qualifier=missing)
+        Pyramid.open(missing, qualifier=missing, draft="none")
 
 
 def test_a_full_context_and_a_clamped_one_are_said(env: dict[str, str], tiny_target: Path) -> None:

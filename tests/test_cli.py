@@ -116,7 +116,12 @@ def test_run_json(hello: dict) -> None:
     assert stats["prefill_seconds"] >= 0
     assert stats["prompt_tokens"] == 2  # BOS, "▁hello"
     assert stats["finish_reason"] == "length"
-    assert stats["stages"] == []
+    assert [s["proposer"] for s in stats["stages"]] == ["ngram"]  # the default draft
+
+
+def test_draft_none_runs_the_target_alone(cli, tiny_target: Path) -> None:
+    data = run_json(cli, "hello", "--target", tiny_target, "--max-tokens", 8, "--raw", "--draft", "none")
+    assert data["stats"]["stages"] == [] and len(data["token_ids"]) == 8
 
 
 def test_plain_run_is_the_greedy_chain_of_the_model(plain: dict, tiny_target: Path) -> None:
@@ -249,7 +254,7 @@ def test_bad_input_is_one_error_line(
         "unknown-name": ["--target", "no-such-model"],
         "other-vocab": [*target, "--draft", tiny_other_vocab],
         "small-vocab": [*target, "--draft", tiny_small_vocab],
-        "qualifier-without-draft": [*target, "--qualifier", tiny_same],
+        "qualifier-without-draft": [*target, "--qualifier", tiny_same, "--draft", "none"],
         "accept-bogus": [*target, "--draft", "ngram", "--accept", "bogus"],
         "accept-count": [*target, "--draft", tiny_same, "--accept", "exact,fuzzy"],
         "accept-count-3": [

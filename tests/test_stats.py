@@ -175,8 +175,32 @@ def test_line() -> None:
     line = make_generation(stages=[stage((4, 4, 4), (4, 1, 4), (2, 0, 6)), StageStats("big", "ngram")]).line()
     assert line == (
         "10 tokens, 5.0 tok/s, prefill 0.25s (7 prompt tokens), "
-        "draft.gguf->target.gguf accepted 5/10 (50%), ngram->big accepted 0/0"
+        "draft.gguf->target.gguf accepted 5/10 (50%), blocks of 4-6 in 3/3 rounds, ngram->big not drafting"
     )
+
+
+@pytest.mark.parametrize(
+    ("rounds", "policy", "words"),
+    [
+        ([(3, 2, 3), (0, 0, 0), (3, 3, 3)], {}, "accepted 5/6 (83%), blocks of 3 in 2/3 rounds"),
+        (
+            [(0, 0, 0)] * 4,
+            {"policy": "goodput", "can_pay": False},
+            "not drafting: cannot pay on this machine",
+        ),
+        ([(0, 0, 0)] * 4, {"policy": "goodput", "can_pay": True}, "not drafting: too little accepted to pay"),
+        (
+            [(0, 0, 3), (0, 0, 0)],
+            {"policy": "goodput", "can_pay": True},
+            "drafted nothing: no proposal found",
+        ),
+        ([(0, 0, 0)], {"policy": "fixed"}, "not drafting"),
+    ],
+)
+def test_what_speculation_did_in_words(rounds: list, policy: dict, words: str) -> None:
+    s = stage(*rounds)
+    s.policy = policy
+    assert s.speculation() == words
 
 
 def test_line_without_stages() -> None:
