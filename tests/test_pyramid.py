@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from devices import DEVICES
 
 from edge_spec.api import Pyramid
 from edge_spec.backend import Tier, TierConfig
@@ -24,12 +26,18 @@ PROMPT = "the quick brown fox jumps over the lazy dog and the cat"
 N_TOKENS = 96
 
 
+ON_EVERY_DEVICE = pytest.mark.parametrize("tiers", DEVICES, indirect=True)
+"""The tiers on the CPU, and fully offloaded where a GPU is (marker `gpu`, skipped elsewhere)."""
+
+
 @pytest.fixture(scope="module")
 def tiers(
-    tiny_target: Path, tiny_same: Path, tiny_noisy: Path, tiny_unrelated: Path
+    request: pytest.FixtureRequest, tiny_target: Path, tiny_same: Path, tiny_noisy: Path, tiny_unrelated: Path
 ) -> Iterator[dict[str, Tier]]:
+    """The tiny tiers, on the CPU unless a test asks for a device (ON_EVERY_DEVICE)."""
+    config = dataclasses.replace(EXACT, n_gpu_layers=getattr(request, "param", 0))
     loaded = {
-        name: Tier(path, EXACT)
+        name: Tier(path, config)
         for name, path in [
             ("target", tiny_target),
             ("same", tiny_same),
@@ -37,6 +45,8 @@ def tiers(
             ("unrelated", tiny_unrelated),
         ]
     }
+    if config.n_gpu_layers != 0:
+        assert all(t.device == f"GPU ({t.n_layer}/{t.n_layer} layers)" for t in loaded.values())
     yield loaded
     for tier in loaded.values():
         tier.close()
@@ -58,6 +68,7 @@ def reference(tiers: dict[str, Tier]) -> list[int]:
     return out.token_ids
 
 
+@ON_EVERY_DEVICE
 @pytest.mark.parametrize("draft", ["same", "noisy", "unrelated", "ngram"])
 @pytest.mark.parametrize("block", [1, 3, 5, 8])
 def test_two_tiers_exact_greedy_equals_target(
@@ -78,6 +89,7 @@ def test_two_tiers_exact_greedy_equals_target(
         assert 0.2 < rate < 0.95
 
 
+@ON_EVERY_DEVICE
 @pytest.mark.parametrize("draft", ["same", "noisy", "unrelated", "ngram"])
 @pytest.mark.parametrize(("draft_block", "qualifier_block"), [(1, 1), (2, 5), (4, 8), (6, 3)])
 def test_three_tiers_exact_greedy_equals_target(
@@ -93,6 +105,7 @@ def test_three_tiers_exact_greedy_equals_target(
     assert len(out.stats.stages) == 2
 
 
+@ON_EVERY_DEVICE
 @pytest.mark.parametrize("divergence", ["js", "js-sym", "kl", "tv"])
 def test_fuzzy_tau_zero_is_exact_greedy(
     tiers: dict[str, Tier], reference: list[int], divergence: str
@@ -247,6 +260,7 @@ def test_invalid_settings(tiers: dict[str, Tier]) -> None:
 POLICIES = ["fixed:3", "pmin:0.8", "entropy:0.3", "cumulative:0.3", "goodput", "goodput:6"]
 
 
+@ON_EVERY_DEVICE
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize(("draft", "qualifier"), [("noisy", None), ("unrelated", None), ("ngram", "noisy")])
 def test_lossless_greedy_output_is_identical_whatever_the_policy(

@@ -3,11 +3,13 @@ text, and speculative output on the target's greedy path (README, notes on llama
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from devices import DEVICES
 from test_acceptance import reference_divergence
 
 from edge_spec.acceptance import DIVERGENCES, divergence
@@ -28,12 +30,13 @@ def model_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def target(model_path: Path) -> Iterator[Tier]:
-    with Tier(model_path, CONFIG) as tier:
+def target(request: pytest.FixtureRequest, model_path: Path) -> Iterator[Tier]:
+    """The model on the CPU, or fully offloaded when a test parametrizes it with DEVICES."""
+    with Tier(model_path, dataclasses.replace(CONFIG, n_gpu_layers=getattr(request, "param", 0))) as tier:
         yield tier
 
 
-def _greedy_path_deficits(tier: Tier, prompt_ids: list[int], output: list[int]) -> np.ndarray:
+def greedy_path_deficits(tier: Tier, prompt_ids: list[int], output: list[int]) -> np.ndarray:
     """For each generated token, how far its logit falls below its row's maximum, all rows from one pass."""
     rows = tier.score([*prompt_ids, *output], len(output) + 1)[:-1]
     return rows.max(axis=1) - rows[np.arange(len(output)), output]
@@ -48,6 +51,7 @@ def test_greedy_output_is_stable_and_sensible(target: Tier) -> None:
     assert first.stats.generated_tokens == len(first.token_ids) > 3
 
 
+@pytest.mark.parametrize("target", DEVICES, indirect=True)
 @pytest.mark.parametrize(
     ("draft", "qualifier", "stages"),
     [
@@ -59,11 +63,11 @@ def test_greedy_output_is_stable_and_sensible(target: Tier) -> None:
 def test_speculative_output_stays_on_the_greedy_path(
     target: Tier, model_path: Path, draft: str, qualifier: str | None, stages: list[StageConfig]
 ) -> None:
-    with Tier(model_path, CONFIG) as copy:
+    with Tier(model_path, target.config) as copy:
         pyr = Pyramid(target, copy if qualifier else None, copy if draft == "self" else draft, stages)
         prompt = "List the numbers from 1 to 20, separated by commas, then say done."
         out = pyr.generate(prompt, max_tokens=80)
-        deficits = _greedy_path_deficits(target, pyr.encode(prompt), out.token_ids)
+        deficits = greedy_path_deficits(target, pyr.encode(prompt), out.token_ids)
         assert deficits.max() < GREEDY_PATH_TOLERANCE, f"worst deficit {deficits.max():.3f}"
         assert len(out.token_ids) > 40
         if draft == "self" or qualifier == "self":
