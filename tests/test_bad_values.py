@@ -158,13 +158,16 @@ def _invoke(files: dict[str, Path], command: str, given: list[tuple[str, str]]) 
         "plan": ["plan", "--budget", "2GB", "--target", target, "--device", "cpu"],
         "bench": ["bench", "--target", missing, "--no-progress"],
         "derive": ["derive", missing, "--kind", "q4_0"],
+        "doctor": ["doctor", "--target", missing],
     }[command]
     args = base + [a for pair in given for a in pair]
     env = {"EDGE_SPEC_MODEL_DIR": str(files["dir"]), "HF_HUB_OFFLINE": "1"}
     result = CliRunner(env=env).invoke(main, args, prog_name="edge-spec")
     assert isinstance(result.exception, (SystemExit, type(None))), (args, result.exception)
     event(f"{command} exit {result.exit_code}")
-    allowed = {"run": {0, 2}, "batch": {0, 1, 2}, "plan": {0, 2}, "bench": {2}, "derive": {2}}[command]
+    allowed = {"run": {0, 2}, "batch": {0, 1, 2}, "plan": {0, 2}, "bench": {2}, "derive": {2}, "doctor": {2}}[
+        command
+    ]
     assert result.exit_code in allowed, (args, result.output)
     if result.exit_code == 2:
         lines = result.stderr.splitlines()
@@ -174,7 +177,7 @@ def _invoke(files: dict[str, Path], command: str, given: list[tuple[str, str]]) 
 
 
 @EXAMPLES
-@given(data=st.data(), command=st.sampled_from(["run", "batch", "plan", "bench", "derive"]))
+@given(data=st.data(), command=st.sampled_from(["run", "batch", "plan", "bench", "derive", "doctor"]))
 def test_command_options(files: dict[str, Path], data: st.DataObject, command: str) -> None:
     pairs = st.tuples(st.sampled_from(_options(command)), ARGUMENT)
     _invoke(files, command, data.draw(st.lists(pairs, min_size=1, max_size=2), label="options"))
@@ -196,4 +199,5 @@ def test_the_examples_cover_every_option() -> None:
         "plan",
         "bench",
         "derive",
+        "doctor",
     }
