@@ -321,3 +321,49 @@ def test_serving_needs_no_web_stack_in_the_rest_of_the_package(
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.real
+def test_a_real_model_through_the_openai_client(env: dict[str, str]) -> None:
+    """SmolLM2-135M: a sensible answer, the same text streamed and whole and as `run` gives it, and the
+    next turn of the conversation read on top of the cached first one."""
+    from edge_spec.models import DEFAULT_MODEL, fetch_carried
+
+    model = fetch_carried(DEFAULT_MODEL)
+    question = _messages("What is the capital of France? Answer in one sentence.")
+    s = Server(["--target", model, "--ctx", 1024, "-n", 16], env)
+    try:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0)
+        whole = client.chat.completions.create(model=model.name, messages=question)  # type: ignore[arg-type]
+        text = whole.choices[0].message.content or ""
+        assert "Paris" in text
+        streamed = client.chat.completions.create(model=model.name, messages=question, stream=True)  # type: ignore[arg-type]
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
+        history = [*question, {"role": "assistant", "content": text}, *_messages("And of Italy?")]
+        second = client.chat.completions.create(model=model.name, messages=history)  # type: ignore[arg-type]
+        assert whole.usage is not None and second.usage is not None
+        assert (second.model_extra or {})["timings"]["cache_n"] >= whole.usage.prompt_tokens
+        assert second.choices[0].message.content
+    finally:
+        assert s.stop() == 0, s.stderr
+    run = subprocess.run(
+        [
+            *EDGE_SPEC,
+            "run",
+            question[0]["content"],
+            "--target",
+            str(model),
+            "--ctx",
+            "1024",
+            "-n",
+            "16",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=one_cpu,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["text"] == text
