@@ -159,15 +159,27 @@ def _invoke(files: dict[str, Path], command: str, given: list[tuple[str, str]]) 
         "bench": ["bench", "--target", missing, "--no-progress"],
         "derive": ["derive", missing, "--kind", "q4_0"],
         "doctor": ["doctor", "--target", missing],
+        "serve": ["serve", "--target", missing],  # the model is loaded before anything listens
+        "chat": ["chat", *common],  # no input: it leaves at once
     }[command]
     args = base + [a for pair in given for a in pair]
+    last = {"bench": missing, "doctor": missing, "serve": missing, "chat": target}.get(command)
+    if last is not None:  # the last --target wins: a drawn one ("" = the default model) loads a real model
+        args += ["--target", last]
     env = {"EDGE_SPEC_MODEL_DIR": str(files["dir"]), "HF_HUB_OFFLINE": "1"}
     result = CliRunner(env=env).invoke(main, args, prog_name="edge-spec")
     assert isinstance(result.exception, (SystemExit, type(None))), (args, result.exception)
     event(f"{command} exit {result.exit_code}")
-    allowed = {"run": {0, 2}, "batch": {0, 1, 2}, "plan": {0, 2}, "bench": {2}, "derive": {2}, "doctor": {2}}[
-        command
-    ]
+    allowed = {
+        "run": {0, 2},
+        "batch": {0, 1, 2},
+        "plan": {0, 2},
+        "bench": {2},
+        "derive": {2},
+        "doctor": {2},
+        "serve": {2},
+        "chat": {0, 2},
+    }[command]
     assert result.exit_code in allowed, (args, result.output)
     if result.exit_code == 2:
         lines = result.stderr.splitlines()
@@ -177,7 +189,10 @@ def _invoke(files: dict[str, Path], command: str, given: list[tuple[str, str]]) 
 
 
 @EXAMPLES
-@given(data=st.data(), command=st.sampled_from(["run", "batch", "plan", "bench", "derive", "doctor"]))
+@given(
+    data=st.data(),
+    command=st.sampled_from(["run", "batch", "plan", "bench", "derive", "doctor", "serve", "chat"]),
+)
 def test_command_options(files: dict[str, Path], data: st.DataObject, command: str) -> None:
     pairs = st.tuples(st.sampled_from(_options(command)), ARGUMENT)
     _invoke(files, command, data.draw(st.lists(pairs, min_size=1, max_size=2), label="options"))
@@ -200,4 +215,6 @@ def test_the_examples_cover_every_option() -> None:
         "bench",
         "derive",
         "doctor",
+        "serve",
+        "chat",
     }
