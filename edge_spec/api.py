@@ -25,9 +25,9 @@ from edge_spec.calibration import CalibrationFile
 from edge_spec.chat import Message, as_messages, render
 from edge_spec.checks import stage_count
 from edge_spec.errors import ConfigError, ContextOverflowError, EdgeSpecError
-from edge_spec.lookahead import parse_lookahead
-from edge_spec.options import GENERATION, default, draft_or_none
-from edge_spec.pyramid import NGRAM, StageConfig, assemble, chain, commit_rounds
+from edge_spec.lookahead import ChoiceFactory, PolicyFactory, parse_lookahead
+from edge_spec.options import GENERATION, default, draft_list, draft_roles
+from edge_spec.pyramid import NGRAM, Draft, StageConfig, assemble, chain, commit_rounds
 from edge_spec.sampling import SamplingConfig
 from edge_spec.stats import GenerationStats
 from edge_spec.text import TextAssembler
@@ -192,15 +192,19 @@ class Pyramid:
         self,
         target: Tier,
         qualifier: Tier | None = None,
-        draft: Tier | str | None = None,
+        draft: Draft = None,
         stages: Sequence[StageConfig] | None = None,
         calibration_cache: bool = False,
     ) -> None:
+        candidates = draft if isinstance(draft, list) else [] if draft is None else [draft]
+        for d in candidates:
+            if not (isinstance(d, Tier) or d == NGRAM):
+                raise ConfigError(f"a draft must be a model or {NGRAM!r}, got {d!r}")
+        if isinstance(draft, list) and len(draft) < 2:
+            draft = draft[0] if draft else None  # one candidate is a plain draft
         n_stages = stage_count(draft, qualifier)
-        if isinstance(draft, str) and draft != NGRAM:
-            raise ConfigError(f"draft must be a model or {NGRAM!r}, got {draft!r}")
         self.target, self.qualifier, self.draft = target, qualifier, draft
-        self.models = [t for t in (draft, qualifier, target) if isinstance(t, Tier)]
+        self.models = [t for t in (*candidates, qualifier, target) if isinstance(t, Tier)]
         for i, upper in enumerate(self.models):  # every pair: compatibility is not transitive
             for lower in self.models[:i]:
                 upper.check_compatible(lower)
@@ -208,8 +212,13 @@ class Pyramid:
         if len(self.stages) != n_stages:
             raise ConfigError(f"{len(self.models)} tiers need {n_stages} stage settings")
         self._verifiers = [t for t in (qualifier, target) if t is not None]
-        self._policies = [parse_lookahead(s.lookahead) for s in self.stages]  # goodput costs persist
-        self._measured = [p.measurements for p in self._policies]  # per stage: goodput's, or None
+        self._policies: list[PolicyFactory | ChoiceFactory] = [  # goodput's measurements persist
+            ChoiceFactory.of(s.lookahead, len(draft))
+            if i == 0 and isinstance(draft, list)
+            else parse_lookahead(s.lookahead)
+            for i, s in enumerate(self.stages)
+        ]
+        self._measured = [m for p in self._policies for m in p.measured]  # goodput's, or None, per policy
         self._calibration: CalibrationFile | None = None
         if draft is not None and calibration.enabled(calibration_cache) and any(self._measured):
             roles = {"draft": draft, "qualifier": qualifier, "target": target}
@@ -226,7 +235,7 @@ class Pyramid:
         cls,
         target: Ref | None = None,
         *,
-        draft: Ref | None = NGRAM,
+        draft: Ref | Sequence[Ref] | None = NGRAM,
         qualifier: Ref | None = None,
         options: LoadOptions | None = None,
         tier_configs: Mapping[str, TierConfig] | None = None,
@@ -235,10 +244,11 @@ class Pyramid:
         """Load a pyramid as `edge-spec run` does: the one way to open one (the constructor wraps tiers
         already loaded). Models are references (GGUF paths or carried model names, see
         `edge_spec.models.resolve`); the draft is prompt lookup ("ngram") unless given ("none" or None: no
-        draft); no target loads the embedded default model.
+        draft; a list: candidates, one chosen per round by goodput); no target loads the default model.
         Options are `LoadOptions` fields, given as `options` and/or keywords (`ctx=2048, accept="fuzzy",
-        tau_t=0.3`). `tier_configs` maps "draft" / "qualifier" / "target" to a config replacing the
-        options' for that tier (the memory planner's placement). Tiers are checked for compatibility."""
+        tau_t=0.3`). `tier_configs` maps "draft" (and "draft 2", ... for candidates) / "qualifier" /
+        "target" to a config replacing the options' for that tier (the memory planner's placement). Tiers
+        are checked for compatibility."""
         from edge_spec.models import DEFAULT_MODEL, resolve
 
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(LoadOptions)})
@@ -247,14 +257,17 @@ class Pyramid:
             raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {known}")
         if options is not None and not isinstance(options, LoadOptions):
             raise ConfigError(f"options must be a LoadOptions, got {options!r}")
-        for role, ref in (("target", target), ("draft", draft), ("qualifier", qualifier)):
+        given = [] if draft is None else [draft] if isinstance(draft, (str, os.PathLike)) else draft
+        if not isinstance(given, (list, tuple)):
+            raise ConfigError(f"draft must be a model reference or a list of them, got {draft!r}")
+        for role, ref in (("target", target), *(("draft", d) for d in given), ("qualifier", qualifier)):
             if ref is not None and not isinstance(ref, (str, os.PathLike)):
                 raise ConfigError(f"{role} must be a model reference (a path or a name), got {ref!r}")
         opts = dataclasses.replace(options or LoadOptions(), **overrides)
-        draft = draft_or_none(None if draft is None else os.fspath(draft))
-        stages = opts.stages(stage_count(draft, qualifier))
+        drafts = draft_list([os.fspath(d) for d in given])
+        stages = opts.stages(stage_count(drafts or None, qualifier))
         config, per_tier = opts.tier_config(), tier_configs or {}
-        d = None if draft is None else NGRAM if draft == NGRAM else resolve(draft)
+        paths = [NGRAM if d == NGRAM else resolve(d) for d in drafts]
         q = None if qualifier is None else resolve(qualifier)
         target_path = resolve(target or DEFAULT_MODEL)
         loaded: list[Tier] = []
@@ -264,10 +277,11 @@ class Pyramid:
                 loaded.append(Tier(path, per_tier.get(role, config)))
                 return loaded[-1]
 
-            draft_tier = tier(d, "draft") if d not in (None, NGRAM) else d
+            roles = iter(draft_roles(len(paths)))  # the model drafts' roles, in order (as the planner's)
+            below: list[Tier | str] = [p if p == NGRAM else tier(p, next(roles)) for p in paths]
             qualifier_tier = tier(q, "qualifier") if q is not None else None
             target_tier = tier(target_path, "target")
-            return cls(target_tier, qualifier_tier, draft_tier, stages, opts.calibration_cache)
+            return cls(target_tier, qualifier_tier, below, stages, opts.calibration_cache)
         except BaseException:
             for t in loaded:
                 t.close()

@@ -38,13 +38,13 @@ from edge_spec.errors import ConfigError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, parse_lookahead
 from edge_spec.models import resolve
 from edge_spec.peer import PeerRun, run_peer
-from edge_spec.pyramid import StageConfig
+from edge_spec.pyramid import Draft, StageConfig
 from edge_spec.sandbox import pass_at_1
 from edge_spec.steal import cpu_times, steal_share
 from edge_spec.suites import SUITES, BenchPrompt, load_suite
 from edge_spec.text import TextAssembler
 
-MODE_KINDS = ("sd", "fsd", "hsd", "psd-a", "psd-f")
+MODE_KINDS = ("sd", "fsd", "hsd", "psd-a", "psd-f", "choose")
 TARGET_ALONE = "target alone"
 GREEDY_PATH_TOLERANCE = 0.3  # logits; near-ties flip between batched and single decodes
 WARMUP_PROMPT = "Say hello."
@@ -61,7 +61,7 @@ class BenchConfig:
     repeats: int = 1  # measured passes over the prompts; tokens/s is the median over passes
     max_steal: float = 0.1  # a generation with more of the CPU stolen (steal.py) is run again (1 = never)...
     retries: int = 3  # ...up to this many more times, keeping the attempt with the least steal
-    kinds: tuple[str, ...] | None = None  # MODE_KINDS to run; None = sd,fsd (2 tiers) / sd,hsd,psd-a,psd-f
+    kinds: tuple[str, ...] | None = None  # MODE_KINDS; None = sd,fsd(,choose) (2 tiers) / sd,hsd,psd-a,psd-f
     taus: tuple[float, ...] = (0.5,)  # tau_T of every fuzzy mode (PyramidSD's published setting)
     tau_q: float | None = None  # PSD_F's draft -> qualifier threshold; None = tau_T (tau_Q <= tau_T)
     divergence: str = "js"  # fuzzy divergence (acceptance.DIVERGENCES)
@@ -96,6 +96,7 @@ class Mode:
     draft: str | None = None  # label of the bottom proposer (a draft model or "ngram"); None: target alone
     qualifier: bool = False
     stages: tuple[StageConfig, ...] = (StageConfig(),)
+    candidates: tuple[str, ...] = ()  # labels of the drafts goodput chooses from per round (kind "choose")
 
 
 @dataclass
@@ -156,7 +157,11 @@ class Tiers:
         return self._pyramids[mode.name]
 
     def _assemble(self, mode: Mode, calibration_cache: bool = False) -> Pyramid:
-        draft = None if mode.draft is None else self.proposers[mode.draft]
+        draft: Draft = None
+        if mode.candidates:
+            draft = [self.proposers[c] for c in mode.candidates]
+        elif mode.draft is not None:
+            draft = self.proposers[mode.draft]
         qualifier = self.qualifier[1] if mode.qualifier and self.qualifier else None
         return Pyramid(self.target, qualifier, draft, mode.stages, calibration_cache)
 
@@ -169,7 +174,11 @@ def model_label(ref: str) -> str:
 def plan_modes(drafts: Sequence[str], qualifier: str | None, cfg: BenchConfig) -> list[Mode]:
     """The target alone, then every configured kind x proposer x lookahead x threshold. `drafts` are the
     draft labels, `qualifier` the qualifier's label (None without one)."""
-    kinds = cfg.kinds or (("sd", "hsd", "psd-a", "psd-f") if qualifier else ("sd", "fsd"))
+    kinds = cfg.kinds or (
+        ("sd", "hsd", "psd-a", "psd-f")
+        if qualifier
+        else ("sd", "fsd", *(("choose",) if len(drafts) > 1 else ()))
+    )
     modes = [Mode(TARGET_ALONE, "target")]
 
     def stage(tau: float, lookahead: str) -> StageConfig:
@@ -185,6 +194,11 @@ def plan_modes(drafts: Sequence[str], qualifier: str | None, cfg: BenchConfig) -
                 modes += [
                     Mode(f"FSD {p} tau={t} {look}", "fsd", p, False, (stage(t, top),)) for t in cfg.taus
                 ]
+        if "choose" in kinds and len(drafts) > 1 and top.split(":")[0] == "goodput":
+            label = "|".join(drafts)
+            modes.append(
+                Mode(f"SD choose {label} {look}", "choose", label, False, (stage(0, top),), tuple(drafts))
+            )
         for p in drafts if qualifier else ():
             via = f"{p}>{qualifier}"
             if "hsd" in kinds:

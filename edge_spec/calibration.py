@@ -31,7 +31,7 @@ from pathlib import Path
 
 from edge_spec.backend import Tier, build_info
 from edge_spec.lookahead import Measurements
-from edge_spec.pyramid import StageConfig
+from edge_spec.pyramid import Draft, StageConfig
 
 ENV_SWITCH = "EDGE_SPEC_CALIBRATION"  # "off" (or 0, no, false) turns the cache off everywhere
 ENV_DIR = "EDGE_SPEC_CALIBRATION_DIR"  # where the files go (default ~/.cache/edge-spec/calibration)
@@ -71,20 +71,20 @@ def file_identity(path: Path) -> dict[str, object]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def pyramid_key(tiers: Mapping[str, Tier | str | None], stages: Sequence[StageConfig]) -> dict[str, object]:
-    """The key of a pyramid's measurements: its tiers by role (model files, how they are loaded; "ngram"
-    or None as they are), its stage settings, the llama.cpp build and the machine."""
+def pyramid_key(tiers: Mapping[str, Draft], stages: Sequence[StageConfig]) -> dict[str, object]:
+    """The key of a pyramid's measurements: its tiers by role (model files and how they are loaded;
+    "ngram" or None as they are; candidate drafts as a list), its stage settings, the llama.cpp build and
+    the machine."""
+
+    def tier(t: Draft) -> object:
+        if isinstance(t, list):
+            return [tier(c) for c in t]
+        if not isinstance(t, Tier):
+            return t
+        return {**file_identity(t.path), "config": dataclasses.asdict(t.config), "gpu_layers": t.n_gpu_layers}
+
     return {
-        "tiers": {
-            role: t
-            if not isinstance(t, Tier)
-            else {
-                **file_identity(t.path),
-                "config": dataclasses.asdict(t.config),
-                "gpu_layers": t.n_gpu_layers,
-            }
-            for role, t in tiers.items()
-        },
+        "tiers": {role: tier(t) for role, t in tiers.items()},
         "stages": [dataclasses.asdict(s) for s in stages],
         "llama_cpp": build_info(),
         "machine": machine(),

@@ -114,7 +114,7 @@ class Settings:
     """run's and batch's options, resolved once (preset applied, every value checked), then passed down."""
 
     target: str | None  # model references as given (None: the preset's or the embedded default model)
-    draft: str | None
+    drafts: tuple[str, ...]  # () = no draft; several = candidates goodput chooses from
     qualifier: str | None
     load: LoadOptions
     generation: Mapping[str, Any]  # Pyramid.stream's keywords
@@ -135,7 +135,7 @@ def _with_preset(o: Mapping[str, Any]) -> dict[str, Any]:
     filled = dict(o)
     for role, tier in preset.tiers.items():
         if ctx.get_parameter_source(f"{role}_ref") in (None, click.core.ParameterSource.DEFAULT):
-            filled[f"{role}_ref"] = tier.model
+            filled[f"{role}_ref"] = (tier.model,) if role == "draft" else tier.model
     for option, value in preset.recommended.items():
         if option in o and ctx.get_parameter_source(option) in (None, click.core.ParameterSource.DEFAULT):
             filled[option] = value
@@ -153,11 +153,11 @@ def _settings(o: Mapping[str, Any]) -> Settings:
     generation = {name: o[name] for name in options.GENERATION}
     check_generation(**generation)
     load = LoadOptions(**{name: o[name] for name in (*options.LOAD, *options.STAGES)})
-    draft = options.draft_or_none(o["draft_ref"])
-    load.stages(stage_count(draft, o["qualifier_ref"]))
+    drafts = tuple(options.draft_list(o["draft_ref"]))
+    load.stages(stage_count(drafts or None, o["qualifier_ref"]))
     if o["budget"] is not None:
         parse_size(o["budget"])
-    return Settings(o["target_ref"], draft, o["qualifier_ref"], load, generation, o["budget"])
+    return Settings(o["target_ref"], drafts, o["qualifier_ref"], load, generation, o["budget"])
 
 
 def _open_pyramid(s: Settings) -> Pyramid:
@@ -165,14 +165,17 @@ def _open_pyramid(s: Settings) -> Pyramid:
     from edge_spec.api import NGRAM, Pyramid
     from edge_spec.models import DEFAULT_MODEL, resolve
 
-    refs = {"target": s.target or DEFAULT_MODEL, "draft": s.draft, "qualifier": s.qualifier}
-    paths = {role: ref if ref in (None, NGRAM) else resolve(ref) for role, ref in refs.items()}
-    names = [Path(p).name for p in paths.values() if p not in (None, NGRAM)]
+    def path(ref: str) -> str:
+        return ref if ref == NGRAM else str(resolve(ref))
+
+    target, qualifier = path(s.target or DEFAULT_MODEL), s.qualifier and path(s.qualifier)
+    drafts = [path(ref) for ref in s.drafts]
+    names = [Path(p).name for p in (*drafts, qualifier, target) if p not in (None, NGRAM)]
     _status(f"edge-spec: loading {', '.join(names)} ...")
     pyr = Pyramid.open(
-        paths["target"],
-        draft=paths["draft"],
-        qualifier=paths["qualifier"],
+        target,
+        draft=drafts,
+        qualifier=qualifier,
         options=s.load,
         tier_configs=s.tier_configs,
     )
@@ -360,13 +363,15 @@ def _plan(o: Mapping[str, Any], device: str = "auto") -> Any:
     budget = parse_size(o["budget"])
     checks.integer("ctx", o["ctx"], least=16)
     checks.integer("batch", o["batch"], least=1)
-    checks.stage_count(options.draft_or_none(o["draft_ref"]), o["qualifier_ref"])
+    drafts = options.draft_list(o["draft_ref"])
+    checks.stage_count(drafts or None, o["qualifier_ref"])
+    models = [d for d in drafts if d != options.NGRAM]  # an n-gram takes no memory
     refs = {
         "target": o["target_ref"] or DEFAULT_MODEL,
         "qualifier": o["qualifier_ref"],
-        "draft": options.draft_or_none(o["draft_ref"]),
+        **dict(zip(options.draft_roles(len(models)), models, strict=True)),
     }
-    shapes = {role: read_shape(resolve(ref)) for role, ref in refs.items() if ref not in (None, "ngram")}
+    shapes = {role: read_shape(resolve(ref)) for role, ref in refs.items() if ref is not None}
     if device == "auto":
         from edge_spec.backend import gpu_available
 
@@ -379,7 +384,11 @@ def _placed(s: Settings) -> Settings:
     budget (the settings as they are without one); the plan is printed on stderr."""
     if s.budget is None:
         return s
-    refs = {"target_ref": s.target, "draft_ref": s.draft, "qualifier_ref": s.qualifier}
+    refs = {
+        "target_ref": s.target,
+        "draft_ref": s.drafts or (options.NO_DRAFT,),
+        "qualifier_ref": s.qualifier,
+    }
     placement = _plan({**refs, "budget": s.budget, "ctx": s.load.ctx, "batch": s.load.batch})
     load = dataclasses.replace(s.load, ctx=placement.n_ctx, cache_type=placement.cache_type)
     base = load.tier_config()
@@ -494,11 +503,12 @@ def doctor_command(**o: Any) -> None:
     o = _with_preset(o)
     config = LoadOptions(**{name: o[name] for name in options.TIER}).tier_config()
     target = resolve(o["target_ref"] or DEFAULT_MODEL)
-    lower = [
-        (role, ref if ref == NGRAM else resolve(ref))
-        for role, ref in (("draft", o["draft_ref"]), ("qualifier", o["qualifier_ref"]))
-        if ref is not None
-    ]
+    drafts = options.draft_list(o["draft_ref"])
+    refs = {
+        **dict(zip(options.draft_roles(len(drafts)), drafts, strict=True)),
+        "qualifier": o["qualifier_ref"],
+    }
+    lower = [(role, ref if ref == NGRAM else resolve(ref)) for role, ref in refs.items() if ref is not None]
     diagnosis = doctor.diagnose(
         target, lower, config, o["repeats"], progress=lambda text: _status(f"edge-spec: {text} ...")
     )

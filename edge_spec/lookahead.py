@@ -151,7 +151,8 @@ def fit_to_proposer(policy: Lookahead, confident: bool) -> Lookahead:
     """The policy to use over a proposer that does (`confident`) or does not report per-token confidence.
     pmin, entropy and cumulative stop a block on the drafter's confidence; over an n-gram or a qualifier,
     which report none, they would always ask for their longest block, so they become Fixed(BLIND_K).
-    Goodput stays itself and reads confidence where there is some (`Goodput.stop_on_confidence`)."""
+    Goodput stays itself and reads confidence where there is some (`Goodput.stop_on_confidence`); Choose
+    fits each candidate's goodput when it is attached to its candidates (`Choose.attach`)."""
     if isinstance(policy, Goodput):
         policy.stop_on_confidence = confident
     elif policy.needs_confidence and not confident:
@@ -439,6 +440,7 @@ PRIOR_ACCEPTANCE = 0.6  # per-token acceptance assumed before any proposal is ve
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind that prior
 OPTIMISM = 1.0  # standard errors added to the acceptance estimates when deciding whether to draft at all
 PER_LENGTH = 8  # observations a cost curve keeps per length
+SWITCH = (16, 256)  # rounds of the best candidate between tries of another one (Choose)
 
 
 class Backoff:
@@ -757,6 +759,107 @@ class Goodput(_Policy):
         }
 
 
+class Choose(_Policy):
+    """Adaptive choice among candidate proposers for one stage, as DEL ("Context-Aware Dynamic Exit
+    Layer", 2025) chooses a draft per round by its measured acceptance and cost: each candidate has its
+    own Goodput (its costs, acceptance, warm-up and schedules), and each round the candidate whose best
+    block has the highest predicted rate proposes, its Goodput sizing the block. A candidate still in its
+    warm-up goes first; while the best candidate drafts, every SWITCH rounds (a Backoff) the next other
+    candidate proposes a block of the best one's length instead, so the estimates of those not chosen
+    stay current; while no candidate's rule drafts, the candidates take the rounds in turn, each running
+    its own probe schedules (so the probes of all of them together keep one Goodput's pace). The
+    candidates (a proposer with `proposers` and a `current` index, see proposers.Candidates) are attached
+    by the verifier (`attach`)."""
+
+    name = "choose"
+
+    def __init__(self, policies: list[Goodput]) -> None:
+        super().__init__()
+        if len(policies) < 2 or not all(isinstance(p, Goodput) for p in policies):
+            raise ConfigError("choosing among several drafts needs the goodput lookahead")
+        self.policies = policies  # one per candidate, in the candidates' order
+        self.current = 0  # the candidate of the round under way
+        self.chosen = [0] * len(policies)  # rounds proposed by each candidate
+        self.switching = Backoff(*SWITCH)
+        self.switches = 0  # rounds given to a candidate other than the best
+        self.idle = 0  # rounds where no candidate's rule drafts
+        self._candidates: object | None = None
+
+    def attach(self, candidates: object) -> None:
+        """Fit each candidate's goodput to its proposer and steer `candidates.current` from now on."""
+        proposers = candidates.proposers  # type: ignore[attr-defined]
+        if len(proposers) != len(self.policies):
+            raise ConfigError(f"{len(self.policies)} policies for {len(proposers)} candidate drafts")
+        for policy, proposer in zip(self.policies, proposers, strict=True):
+            fit_to_proposer(policy, proposer.confident)
+        self._candidates = candidates
+
+    @property
+    def needs_confidence(self) -> bool:
+        return self.policies[self.current].needs_confidence
+
+    def next_block(self, limit: int) -> int:
+        best, k = self._best(limit)
+        self.current = best
+        warming = [
+            i for i, p in enumerate(self.policies) if p.measurements.costs.verify.rounds < 2 * len(WARMUP)
+        ]
+        if warming:
+            self.current = warming[0]
+            k = self.policies[self.current].next_block(limit)
+        elif k == 0:  # no candidate drafts by the rule: each in turn runs its own probe schedules
+            self.current = self.idle % len(self.policies)
+            self.idle += 1
+            k = self.policies[self.current].next_block(limit)
+        elif self.switching.due():
+            self.switches += 1
+            self.current = (best + 1 + self.switches % (len(self.policies) - 1)) % len(self.policies)
+            self.policies[self.current].round = _Round(k)  # a measurement: its block runs whole
+        else:
+            k = self.policies[best].next_block(limit)
+        self.chosen[self.current] += 1
+        if self._candidates is not None:
+            self._candidates.current = self.current  # type: ignore[attr-defined]
+        return k
+
+    def _best(self, limit: int) -> tuple[int, int]:
+        """The candidate with the highest predicted rate at its best block, and that block."""
+        picks = []
+        for p in self.policies:
+            cap = (
+                min(p.max_block, limit, p.measurements.costs.reach)
+                if p.measurements.costs.verify.rounds
+                else 0
+            )
+            k = p.best(cap)
+            picks.append((p.rate(k), k))
+        best = int(np.argmax([rate for rate, _ in picks]))
+        return best, picks[best][1]
+
+    def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
+        return self.policies[self.current].keep_drafting(drafted, top1, entropy)
+
+    def observe(self, report: RoundReport) -> None:
+        self.policies[self.current].observe(report)
+
+    def summary(self) -> dict[str, object]:
+        names = [p.name for p in getattr(self._candidates, "proposers", [])] or list(
+            range(len(self.policies))
+        )
+        summaries = [p.summary() for p in self.policies]
+        return {
+            **super().summary(),
+            "switches": self.switches,
+            "can_pay": any(s["can_pay"] for s in summaries)
+            if any(s["can_pay"] is not None for s in summaries)
+            else None,
+            "candidates": [
+                {"proposer": name, "chosen": n, **s}
+                for name, n, s in zip(names, self.chosen, summaries, strict=True)
+            ],
+        }
+
+
 # --- CLI specs --------------------------------------------------------------------------------------
 
 _NAMES = ("fixed", "pmin", "entropy", "cumulative", "goodput")
@@ -819,6 +922,29 @@ class PolicyFactory:
         return self.cls(**self.kwargs)
 
     @property
-    def measurements(self) -> Measurements | None:
-        """What this factory's goodput policies measure (None for the other policies)."""
-        return self.kwargs.get("measurements")
+    def measured(self) -> tuple[Measurements | None]:
+        """What this factory's goodput policies measure ((None,) for the other policies)."""
+        return (self.kwargs.get("measurements"),)
+
+
+@dataclass(frozen=True)
+class ChoiceFactory:
+    """Makes a fresh Choose per generation over `n` candidates, each with a goodput policy from its own
+    factory of `spec` (so each candidate's measurements are shared across generations)."""
+
+    factories: tuple[PolicyFactory, ...]
+
+    @classmethod
+    def of(cls, spec: str, n: int) -> ChoiceFactory:
+        factories = tuple(parse_lookahead(spec) for _ in range(n))
+        if not all(f.cls is Goodput for f in factories):
+            raise ConfigError(f"choosing among several drafts needs the goodput lookahead, got {spec!r}")
+        return cls(factories)
+
+    def __call__(self) -> Choose:
+        return Choose([f() for f in self.factories])
+
+    @property
+    def measured(self) -> tuple[Measurements | None, ...]:
+        """Each candidate's measurements, in the candidates' order."""
+        return tuple(m for f in self.factories for m in f.measured)

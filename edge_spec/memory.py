@@ -30,6 +30,7 @@ import numpy as np
 from edge_spec import options
 from edge_spec.errors import ConfigError, ModelError
 from edge_spec.gguf_meta import read_header
+from edge_spec.options import draft_roles
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -43,8 +44,6 @@ MIN_CTX = 512
 """The smallest context the planner will shrink to."""
 CACHE_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 """KV cache types the planner chooses from, most precise first, with ggml's bytes per element."""
-ROLES = ("target", "qualifier", "draft")
-"""Tiers in the order they get GPU layers."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
@@ -217,8 +216,17 @@ def _contexts(n_ctx: int, shapes: dict[str, ModelShape]) -> list[int]:
         ctx //= 2
 
 
+def _roles(shapes: dict[str, ModelShape]) -> list[str]:
+    """The roles present, in the order they get GPU layers: target, qualifier, draft, then the other
+    candidate drafts (draft 2, draft 3, ...); ConfigError on an unknown one."""
+    drafts = [r for r in shapes if r.startswith("draft")]
+    if "target" not in shapes or set(shapes) - {"target", "qualifier"} - set(draft_roles(len(drafts))):
+        raise ConfigError("plan needs a target and at most a qualifier and drafts")
+    return [r for r in ("target", "qualifier") if r in shapes] + draft_roles(len(drafts))
+
+
 def _order(tiers: dict[str, TierPlan]) -> tuple[TierPlan, ...]:
-    return tuple(tiers[r] for r in reversed(ROLES) if r in tiers)
+    return tuple(reversed(tiers.values()))
 
 
 def plan(
@@ -231,11 +239,9 @@ def plan(
     """Place tiers ({"target": shape, "qualifier": ..., "draft": ...}) in `budget` bytes on `device`
     ("gpu": GPU memory, the rest runs from host memory; "cpu": everything in host memory). Raises
     ConfigError when nothing fits, naming the smallest placement and what it needs."""
-    if "target" not in shapes or set(shapes) - set(ROLES):
-        raise ConfigError("plan needs a target and at most a qualifier and a draft")
+    roles = _roles(shapes)
     usable = budget - max(int(budget * SAFETY_FRACTION), SAFETY_MIN_BYTES)
     contexts = _contexts(n_ctx, shapes)
-    roles = [r for r in ROLES if r in shapes]
     best: tuple[tuple[int, ...], Plan] | None = None
     for ci, ctx in enumerate(contexts):
         for ki, cache in enumerate(CACHE_BYTES_PER_ELEMENT):

@@ -8,13 +8,14 @@ Imported by the command line at start-up: no llama_cpp.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from edge_spec.acceptance import DIVERGENCES
+from edge_spec.errors import ConfigError
 from edge_spec.lookahead import DEFAULT_LOOKAHEAD, LOOKAHEAD_HELP
 
 NGRAM = "ngram"
@@ -52,7 +53,7 @@ _DECLARED = (
         ("--draft", "-md"),
         NGRAM,
         "Draft tier: a model reference, 'ngram' (prompt lookup, free: goodput drops it where it cannot pay) "
-        "or 'none'.",
+        "or 'none'. Repeat it to give candidates: goodput picks one per round.",
     ),
     Option("qualifier_ref", ("--qualifier",), None, "Qualifier tier between draft and target."),
     Option(
@@ -118,14 +119,30 @@ TIER = ("ctx", "batch", "gpu_layers", "cache_type", "flash_attn", "threads")
 LOAD = (*TIER, "calibration_cache")
 """How a pyramid loads, besides its models and stages."""
 MODELS = ("target_ref", "draft_ref", "qualifier_ref")
+REPEATABLE = ("draft_ref", "stop")
+"""Options every command takes repeatedly (--draft: candidates; --stop: several strings)."""
 STAGES = ("accept", "tau_q", "tau_t", "divergence", "lookahead", "draft_block", "qualifier_block")
 GENERATION = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "raw")
 """The options of one generation (`Pyramid.stream`'s keywords)."""
 
 
-def draft_or_none(ref: str | None) -> str | None:
-    """A --draft value as a model reference: None for 'none' (no draft)."""
-    return None if ref is None or ref == NO_DRAFT else ref
+def draft_list(refs: str | Sequence[str] | None) -> list[str]:
+    """--draft values (one, or several candidates) as model references: [] for 'none' or None (no draft).
+    Raises ConfigError on 'none' beside other drafts and on a draft given twice."""
+    given = [] if refs is None else [refs] if isinstance(refs, str) else list(refs)
+    if NO_DRAFT in given:
+        if len(given) > 1:
+            raise ConfigError("draft (--draft) 'none' cannot be combined with other drafts")
+        return []
+    twice = sorted({r for r in given if given.count(r) > 1})
+    if twice:
+        raise ConfigError(f"draft (--draft) {twice[0]!r} is given twice")
+    return given
+
+
+def draft_roles(n: int) -> list[str]:
+    """The roles of n candidate drafts in the memory plan and tier configs: draft, draft 2, ..."""
+    return ["draft" if i == 0 else f"draft {i + 1}" for i in range(n)]
 
 
 def default(name: str) -> Any:
@@ -148,10 +165,11 @@ def click_option(
         kwargs["type"] = o.type
     if o.is_flag:
         kwargs["is_flag"] = True
-    elif multiple or name == "stop":
+    elif multiple or name in REPEATABLE:
         kwargs.update(multiple=True, show_default=False)
         if o.default not in (None, ()):
             kwargs["help"] = f"{o.help} Repeatable; default {o.default}."
+            kwargs["default"] = (o.default,)
         elif name != "stop":
             kwargs["help"] = f"{o.help} Repeatable."
         if kwargs.get("type") is None and o.default is not None:

@@ -1,4 +1,5 @@
-"""What can propose tokens at the bottom of a pyramid: a model tier, or a model-free n-gram lookup."""
+"""What can propose tokens at the bottom of a pyramid: a model tier, a model-free n-gram lookup, or a
+choice among several of them."""
 
 from __future__ import annotations
 
@@ -109,6 +110,25 @@ class ModelDrafter:
             if not keep or self.tier.is_eog(token):
                 break
         return Block(tokens, np.stack(rows) if rows else None, tuple(confidences))
+
+
+class Candidates:
+    """Several proposers for one stage, one of which (`current`, set each round by the stage's Choose
+    policy) catches up and proposes. A candidate not chosen costs nothing but its memory: a model catches
+    up with the sequence only when it is chosen again."""
+
+    confident = False  # each candidate reports its own (Choose fits a policy to each)
+
+    def __init__(self, proposers: list[Proposer]) -> None:
+        self.proposers = proposers
+        self.name = "|".join(p.name for p in proposers)
+        self.current = 0  # index of the proposer of this round
+
+    def catch_up(self, seq: list[int]) -> None:
+        self.proposers[self.current].catch_up(seq)
+
+    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
+        return self.proposers[self.current].propose(seq, n, policy)
 
 
 def confidence(logits: np.ndarray) -> tuple[float, float]:

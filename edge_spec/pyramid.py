@@ -19,9 +19,16 @@ from edge_spec import acceptance
 from edge_spec.acceptance import Verdict
 from edge_spec.backend import Tier
 from edge_spec.errors import ConfigError
-from edge_spec.lookahead import DEFAULT_LOOKAHEAD, Lookahead, RoundReport, fit_to_proposer, parse_lookahead
+from edge_spec.lookahead import (
+    DEFAULT_LOOKAHEAD,
+    Choose,
+    Lookahead,
+    RoundReport,
+    fit_to_proposer,
+    parse_lookahead,
+)
 from edge_spec.options import NGRAM
-from edge_spec.proposers import Block, ModelDrafter, NgramProposer, Proposer, catch_up
+from edge_spec.proposers import Block, Candidates, ModelDrafter, NgramProposer, Proposer, catch_up
 from edge_spec.sampling import SamplingConfig, Warped, make_rng
 from edge_spec.stats import StageStats
 
@@ -71,6 +78,8 @@ class Verifier:
         self.keep_logits = keep_logits  # hand our logits rows up: the stage above needs them
         # a fresh policy per generation, from the pyramid's factory (which shares goodput's cost model)
         self.policy = fit_to_proposer(policy, below is not None and below.confident)
+        if isinstance(self.policy, Choose):  # a choice among candidate drafts steers which one proposes
+            self.policy.attach(below)
         self.stats = StageStats(self.name, below.name) if below is not None else None
 
     def round(self, seq: list[int], limit: int) -> Block:
@@ -137,23 +146,35 @@ def stage_needs_logits(stage: StageConfig, sampling: SamplingConfig) -> bool:
     return stage.accept == "fuzzy" or not sampling.greedy
 
 
+Draft = Tier | str | list[Tier | str] | None
+"""The bottom tier: a model, NGRAM, several candidates of either (a Choose policy picks one per round),
+or None (the target alone)."""
+
+
+def proposer(draft: Draft, sampling: SamplingConfig, rng: np.random.Generator) -> Proposer | None:
+    """What proposes at the bottom of a pyramid with this draft."""
+    if isinstance(draft, list):
+        return Candidates([p for d in draft if (p := proposer(d, sampling, rng)) is not None])
+    if draft == NGRAM:
+        return NgramProposer()
+    if isinstance(draft, Tier):
+        return ModelDrafter(draft, sampling, rng)
+    return None
+
+
 def assemble(
-    draft: Tier | str | None,
+    draft: Draft,
     verifiers: Sequence[Tier],
     stages: Sequence[StageConfig],
     policies: Sequence[Callable[[], Lookahead]],
     sampling: SamplingConfig,
 ) -> Verifier:
-    """The verifier chain of one generation, bottom-up: the draft (a model, NGRAM or None) under each of
+    """The verifier chain of one generation, bottom-up: the draft (see `Draft`) under each of
     `verifiers` (qualifier, target) with its stage settings and a fresh policy from its factory (goodput's
     factory shares its measured costs across generations); fresh stats, one RNG seeded from `sampling`.
     Returns the top verifier (the target's)."""
     rng = make_rng(sampling.seed)
-    below: Proposer | None = None
-    if draft == NGRAM:
-        below = NgramProposer()
-    elif isinstance(draft, Tier):
-        below = ModelDrafter(draft, sampling, rng)
+    below = proposer(draft, sampling, rng)
     top: Verifier | None = None
     for i, tier in enumerate(verifiers):
         above_needs = i + 1 < len(verifiers) and stage_needs_logits(stages[i + 1], sampling)

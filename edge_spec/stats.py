@@ -78,7 +78,7 @@ class StageStats:
             return "drafted nothing: no proposal found"
         if self.policy.get("can_pay") is False:
             return "not drafting: cannot pay on this machine"
-        if self.policy.get("policy") == "goodput":
+        if self.policy.get("policy") in ("goodput", "choose"):
             return "not drafting: too little accepted to pay"
         return "not drafting"
 

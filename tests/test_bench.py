@@ -27,7 +27,14 @@ def test_two_tier_default_modes_per_draft_and_lookahead() -> None:
     names = [m.name for m in modes]
     assert names[0] == TARGET_ALONE
     assert "SD ngram goodput" in names and "FSD 0.5b tau=0.3 fixed:3" in names
-    assert len(modes) == 1 + 2 * (2 + 2)  # lookaheads x (SD per draft + two FSD over the model draft)
+    # lookaheads x (SD per draft + two FSD over the model draft), and the choice among both for goodput
+    assert len(modes) == 1 + 2 * (2 + 2) + 1
+    choose = modes[-1]
+    assert (choose.name, choose.kind, choose.candidates) == (
+        "SD choose 0.5b|ngram goodput",
+        "choose",
+        ("0.5b", "ngram"),
+    )
     assert not any(m.kind == "fsd" and m.draft == "ngram" for m in modes)  # fuzzy over one-hot = exact
     fsd = next(m for m in modes if m.name == "FSD 0.5b tau=0.5 goodput")
     assert (

@@ -87,13 +87,14 @@ def test_malformed_states_are_refused_and_change_nothing(path: tuple[str, ...], 
 
 def test_a_file_restores_every_stage_and_only_for_its_key(tmp_path: Path) -> None:
     factories = [parse_lookahead("goodput"), parse_lookahead("fixed:3"), parse_lookahead("goodput")]
-    stages = [f.measurements for f in factories]
+    stages = [m for f in factories for m in f.measured]
     for f in (factories[0], factories[2]):
         rounds(f(), 50)
     CalibrationFile({"models": ["a", "b"]}, tmp_path).save(stages)
     fresh = [
-        f.measurements
+        m
         for f in (parse_lookahead("goodput"), parse_lookahead("fixed:3"), parse_lookahead("goodput"))
+        for m in f.measured
     ]
     assert not CalibrationFile({"models": ["a", "c"]}, tmp_path).load(fresh)  # another key: another file
     assert fresh[0].costs.verify.rounds == 0
@@ -103,7 +104,7 @@ def test_a_file_restores_every_stage_and_only_for_its_key(tmp_path: Path) -> Non
 
 
 def test_stale_files_are_ignored_and_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    m = [parse_lookahead("goodput").measurements]
+    m = list(parse_lookahead("goodput").measured)
     old = CalibrationFile({"k": 1}, tmp_path)
     old.save(m)
     week = calibration.STALE_SECONDS + 60
@@ -268,3 +269,13 @@ def test_a_second_run_command_starts_warm(cache: Path, tiny_target: Path, tiny_n
     assert total2 == total + own2
     total3, own3 = verify_rounds("--no-calibration-cache")
     assert total3 == own3
+
+
+def test_candidate_drafts_keep_their_measurements_each(
+    cache: Path, tiny_target: Path, tiny_noisy: Path
+) -> None:
+    with Pyramid.open(tiny_target, draft=[tiny_noisy, "ngram"], options=OPTIONS) as p:
+        first = p.generate(PROMPT, max_tokens=40).stats.stages[0].lookahead["candidates"]
+    with Pyramid.open(tiny_target, draft=[tiny_noisy, "ngram"], options=OPTIONS) as p:
+        restored = [m.costs.verify.rounds for m in p._measured if m is not None]
+    assert restored == [c["verify_cost"]["rounds"] for c in first] and min(restored) > 0

@@ -124,6 +124,24 @@ def test_draft_none_runs_the_target_alone(cli, tiny_target: Path) -> None:
     assert data["stats"]["stages"] == [] and len(data["token_ids"]) == 8
 
 
+def test_several_drafts_are_candidates(cli, plain: dict, tiny_target: Path, tiny_noisy: Path) -> None:
+    args = [PROMPT, "--target", tiny_target, "--max-tokens", N_TOKENS, *EXACT]
+    data = run_json(cli, *args, "--draft", tiny_noisy, "--draft", "ngram")
+    assert data["token_ids"] == plain["token_ids"]
+    (stage,) = data["stats"]["stages"]
+    assert stage["proposer"] == "noisy.gguf|ngram" and stage["lookahead"]["policy"] == "choose"
+    assert [c["proposer"] for c in stage["lookahead"]["candidates"]] == ["noisy.gguf", "ngram"]
+
+
+@pytest.mark.parametrize(
+    ("drafts", "fragment"),
+    [(["none", "ngram"], "'none' cannot be combined"), (["ngram", "ngram"], "'ngram' is given twice")],
+)
+def test_bad_draft_lists_are_one_error_line(cli, tiny_target: Path, drafts: list[str], fragment: str) -> None:
+    proc = cli("run", "hi", "--target", tiny_target, *(a for d in drafts for a in ("--draft", d)))
+    assert_one_error_line(proc, fragment)
+
+
 def test_plain_run_is_the_greedy_chain_of_the_model(plain: dict, tiny_target: Path) -> None:
     from edge_spec.api import Pyramid
 

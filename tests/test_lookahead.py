@@ -16,6 +16,8 @@ from edge_spec.lookahead import (
     BLIND_K,
     DEFAULT_LOOKAHEAD,
     Backoff,
+    ChoiceFactory,
+    Choose,
     Confidence,
     CostCurve,
     Cumulative,
@@ -802,3 +804,119 @@ def test_goodput_expected_tokens_before_any_round_is_geometric(
     """With no evidence every position's estimate is the prior: (1 - a^(k+1)) / (1 - a) tokens a round."""
     monkeypatch.setattr(lookahead, "PRIOR_ACCEPTANCE", alpha)
     assert Goodput().measurements.acceptance.expected_tokens(k) == pytest.approx(expected)
+
+
+# --- choice among candidate drafts -------------------------------------------------------------------
+
+
+class _Candidate:
+    def __init__(self, name: str) -> None:
+        self.name, self.confident = name, False
+
+
+class _Candidates:
+    """What Choose steers: proposers.Candidates without models."""
+
+    def __init__(self, n: int) -> None:
+        self.proposers = [_Candidate(f"c{i}") for i in range(n)]
+        self.current = 0
+
+
+def run_choice(
+    policy: Choose, alphas: list[float], rounds: int, seed: int = 0, cost: float = 0.01
+) -> list[int]:
+    """Rounds where candidate i's tokens are accepted with alphas[i] (each token `cost` seconds to draft,
+    verification 50 ms + 2 ms a token); the candidate of each round."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for _ in range(rounds):
+        k = policy.next_block(64)
+        i = policy.current
+        chosen.append(i)
+        t_v = (0.05 + 0.002 * (k + 1)) * (1 + 0.01 * rng.standard_normal())
+        policy.observe(RoundReport(k, k, geometric_accepts(rng, alphas[i], k), cost * k, t_v))
+    return chosen
+
+
+def chooser(n: int) -> tuple[Choose, _Candidates]:
+    policy, candidates = ChoiceFactory.of("goodput", n)(), _Candidates(n)
+    policy.attach(candidates)
+    return policy, candidates
+
+
+def test_choice_needs_goodput_and_several_candidates() -> None:
+    with pytest.raises(ConfigError, match="goodput"):
+        ChoiceFactory.of("fixed:3", 2)
+    with pytest.raises(ConfigError, match="goodput"):
+        Choose([Goodput()])
+    policy = ChoiceFactory.of("goodput", 2)()
+    with pytest.raises(ConfigError, match="2 policies for 3"):
+        policy.attach(_Candidates(3))
+
+
+def test_choice_warms_each_candidate_up_then_prefers_the_better_one() -> None:
+    policy, candidates = chooser(2)
+    chosen = run_choice(policy, [0.3, 0.9], 400)
+    warmup = 2 * len(lookahead.WARMUP)
+    assert chosen[:warmup] == [0] * warmup and chosen[warmup : 2 * warmup] == [1] * warmup
+    later = chosen[2 * warmup :]
+    assert later.count(1) > 0.9 * len(later)
+    assert 0 < later.count(0) <= 8 and policy.switches == later.count(0)  # tried now and then, less often
+    assert candidates.current == policy.current
+    summary = policy.summary()
+    assert [c["proposer"] for c in summary["candidates"]] == ["c0", "c1"]
+    assert [c["chosen"] for c in summary["candidates"]] == [chosen.count(0), chosen.count(1)]
+    assert (
+        summary["candidates"][1]["acceptance_estimate"]
+        > 0.8
+        > 0.5
+        > summary["candidates"][0]["acceptance_estimate"]
+    )
+
+
+def test_choice_weighs_cost_against_acceptance() -> None:
+    """A candidate accepted a little less often but five times cheaper to run proposes (DEL's trade-off of
+    an earlier exit: cheaper, a little less accurate)."""
+    factory = ChoiceFactory.of("goodput", 2)
+    policy = factory()
+    policy.attach(_Candidates(2))
+    rng = np.random.default_rng(0)
+    chosen = []
+    for _ in range(300):
+        k = policy.next_block(64)
+        i = policy.current
+        chosen.append(i)
+        cost = (0.04, 0.008)[i] * k
+        policy.observe(
+            RoundReport(k, k, geometric_accepts(rng, (0.9, 0.8)[i], k), cost, 0.05 + 0.002 * (k + 1))
+        )
+    assert chosen[100:].count(1) > 0.9 * 200
+
+
+def test_choice_follows_a_change_of_context() -> None:
+    """The better candidate changes halfway (prose, then code that repeats the prompt): the choice follows
+    within a few dozen rounds, through its tries of the other candidate."""
+    policy, _ = chooser(2)
+    first = run_choice(policy, [0.9, 0.3], 300)
+    second = run_choice(policy, [0.2, 0.95], 300, seed=1)
+    assert first[100:].count(0) > 0.9 * 200
+    assert second[100:].count(1) > 0.9 * 200
+
+
+def test_choice_where_nothing_pays_takes_turns_and_probes_rarely() -> None:
+    """Drafting cannot pay (a draft token costs more than a verification saves): the candidates take the
+    rounds in turn, each on its own probe schedule, so all of them together probe about once in 256
+    rounds, as one goodput would."""
+    policy, _ = chooser(3)
+    rng = np.random.default_rng(0)
+    ks, chosen = [], []
+    for _ in range(3000):
+        k = policy.next_block(64)
+        ks.append(k)
+        chosen.append(policy.current)
+        policy.observe(RoundReport(k, k, geometric_accepts(rng, 0.9, k), 0.2 * k, 0.05 * (k + 1)))
+    tail = ks[100:]
+    assert sum(k > 0 for k in tail) <= 2 + len(tail) // 256
+    counts = [chosen[100:].count(i) for i in range(3)]
+    assert max(counts) - min(counts) <= 1 + sum(k > 0 for k in tail)
+    assert policy.summary()["can_pay"] is False

@@ -105,3 +105,25 @@ def test_run_with_budget_applies_the_plan(tiny_target: Path) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "budget plan: context 2048, KV cache f16" in result.output  # capped at the training length
+
+
+def test_every_candidate_draft_is_placed_after_the_target() -> None:
+    shapes = {"target": _shape(), "draft": _shape(4), "draft 2": _shape(4), "draft 3": _shape(2)}
+    p = plan(shapes, int(2.2 * GIB), n_ctx=4096, device="gpu")
+    assert [t.role for t in p.tiers] == ["draft 3", "draft 2", "draft", "target"]
+    assert p.tiers[-1].gpu_layers == 11 and p.device_bytes <= p.usable
+    cpu = plan(shapes, 4 * GIB, n_ctx=4096, device="cpu")
+    one = plan({"target": _shape(), "draft": _shape(4)}, 4 * GIB, n_ctx=4096, device="cpu")
+    assert sum(t.host_bytes for t in cpu.tiers) > sum(t.host_bytes for t in one.tiers)  # all counted
+    with pytest.raises(ConfigError, match="at most a qualifier and drafts"):
+        plan({"target": _shape(), "draft 2": _shape(4)}, 4 * GIB)  # a second draft without a first
+
+
+def test_cli_plan_with_candidate_drafts(tiny_target: Path, tiny_noisy: Path, tiny_same: Path) -> None:
+    args = ["plan", "--budget", "2GB", "--target", str(tiny_target), "--device", "cpu"]
+    args += ["--draft", str(tiny_noisy), "--draft", "ngram", "--draft", str(tiny_same)]
+    ok = CliRunner().invoke(main, args)
+    assert ok.exit_code == 0, ok.output
+    roles = [line.split()[0:2] for line in ok.output.splitlines() if line.startswith("draft")]
+    assert roles == [["draft", "2"], ["draft", "noisy.gguf"]]
+    assert "same.gguf" in ok.output

@@ -92,7 +92,7 @@ def test_run_preset_fills_tiers_and_settings_and_options_override(captured_open:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "stopped after recording" in result.output
     assert captured_open["target"].endswith("Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf")
-    assert captured_open["draft"] == "ngram"  # explicit options win
+    assert captured_open["draft"] == ["ngram"]  # explicit options win
     assert captured_open["qualifier"].endswith("Llama-3.2-3B-Instruct-Q4_K_M.gguf")
     opts = captured_open["options"]
     assert (opts.accept, opts.tau_q, opts.tau_t, opts.lookahead) == ("fuzzy", 0.4, 0.3, "fixed:15,fixed:25")

@@ -332,3 +332,23 @@ def test_tiers_below_the_target_are_prefilled_only_when_first_asked_to_draft(
         asks = [StageConfig(lookahead="fixed:3"), StageConfig(lookahead="fixed:4")]
         out = Pyramid(target, qualifier, draft, asks).generate(PROMPT, max_tokens=8, raw=True)
         assert qualifier.n_past > 0 and draft.n_past > 0 and out.stats.stages[0].proposed > 0
+
+
+@pytest.mark.parametrize("candidates", [["noisy", "ngram"], ["unrelated", "same", "ngram"]])
+def test_candidate_drafts_keep_the_target_greedy_output(
+    tiers: dict[str, Tier], reference: list[int], candidates: list[str]
+) -> None:
+    """Goodput choosing a draft per round among candidates: every candidate warms up, and the output is
+    the target's own (which candidate wins depends on this machine's timings: test_lookahead's choice
+    tests plant them)."""
+    draft = [c if c == "ngram" else tiers[c] for c in candidates]
+    out = Pyramid(tiers["target"], None, draft, [StageConfig()]).generate(
+        PROMPT, max_tokens=N_TOKENS, raw=True
+    )
+    assert out.token_ids == reference
+    (stage,) = out.stats.stages
+    names = [c if c == "ngram" else f"{c}.gguf" for c in candidates]
+    assert stage.proposer == "|".join(names)
+    chosen = {c["proposer"]: c["chosen"] for c in stage.lookahead["candidates"]}
+    assert list(chosen) == names and all(n > 0 for n in chosen.values())
+    assert sum(chosen.values()) == stage.rounds
