@@ -1,8 +1,9 @@
-"""Load test of `edge-spec serve` over loopback: C concurrent streaming clients send R fixed requests in
-all (P distinct prompts, each sent R / P times, greedy), and the run checks that every stream is complete
-(a finish_reason, usage, `data: [DONE]`, one id throughout) and that no answer was mixed up with another
-client's (every answer to a prompt equals the first answer to it). Reports p50/p95 time to first token,
-total generated tokens per second and the server's resident memory before, at peak and after.
+"""Load test of `edge-spec serve` over loopback: C concurrent streaming clients send R fixed requests (P
+distinct prompts, each sent R / P times, greedy) in each of N rounds on one server. The run checks that
+every stream is complete (a finish_reason, usage, `data: [DONE]`, one id throughout) and that no answer was
+mixed up with another client's (every answer to a prompt equals the first answer to it), and reports
+p50/p95 time to first token, total generated tokens per second and the server's resident memory before,
+at peak and after each round (flat across rounds: nothing is kept per request).
 
     flock /tmp/edge-spec-bench.lock .venv/bin/python scripts/bench_server.py --parallel 4 -- -m smollm2-135m
 
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="Requests in all.")
     parser.add_argument("--prompts", type=int, default=8, help="Distinct prompts.")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="Load rounds on the same server.")
     parser.add_argument("serve_args", nargs="*", help="Arguments of edge-spec serve (after --).")
     a = parser.parse_args()
     topics = ["rain", "bread", "trains", "the moon", "bees", "glass", "maps", "tea", "rivers", "salt"]
@@ -112,7 +114,7 @@ def main() -> None:
     proc, url = start_server(a.serve_args, a.parallel)
     try:
         before = rss_mib(proc.pid)
-        peak = before
+        peak, after, results = before, [], []
         t0 = time.perf_counter()
 
         async def run() -> list[dict]:
@@ -123,9 +125,10 @@ def main() -> None:
                 await asyncio.wait([task], timeout=0.5)
             return task.result()
 
-        results = asyncio.run(run())
+        for _ in range(a.rounds):
+            results += asyncio.run(run())
+            after.append(round(rss_mib(proc.pid), 1))
         wall = time.perf_counter() - t0
-        after = rss_mib(proc.pid)
     finally:
         proc.send_signal(2)
         proc.wait(timeout=120)
@@ -140,6 +143,7 @@ def main() -> None:
             {
                 "parallel": a.parallel,
                 "clients": a.clients,
+                "rounds": a.rounds,
                 "requests": len(results),
                 "complete": sum(bool(r["complete"]) for r in results),
                 "answers_differing_from_the_first_to_their_prompt": mixed,
@@ -149,7 +153,7 @@ def main() -> None:
                 "generated_tokens": tokens,
                 "wall_s": round(wall, 2),
                 "tokens_per_second": round(tokens / wall, 2),
-                "rss_mib": {"before": round(before, 1), "peak": round(peak, 1), "after": round(after, 1)},
+                "rss_mib": {"before": round(before, 1), "peak": round(peak, 1), "after_each_round": after},
                 "server_exit": proc.returncode,
             }
         )
