@@ -262,8 +262,7 @@ def create_app(service: Service) -> Starlette:
     async def completions(request: HttpRequest) -> Any:
         return await completion(request, chat=False)
 
-    async def models(request: HttpRequest) -> JSONResponse:
-        _authorize(service, request)
+    def model_entry() -> dict[str, Any]:
         pyr = service.pyramid
         roles = [("draft", pyr.draft), ("qualifier", pyr.qualifier), ("target", pyr.target)]
         tiers = [
@@ -273,8 +272,26 @@ def create_app(service: Service) -> Starlette:
             if tier is not None
         ]
         about = {"tiers": tiers, "n_ctx": pyr.n_ctx, "slots": len(service.slots.all)}
-        entry = {"id": service.model, "object": "model", "created": 0, "owned_by": "edge-spec"}
-        return JSONResponse({"object": "list", "data": [{**entry, "edge_spec": about}]})
+        return {
+            "id": service.model,
+            "object": "model",
+            "created": 0,
+            "owned_by": "edge-spec",
+            "edge_spec": about,
+        }
+
+    async def models(request: HttpRequest) -> JSONResponse:
+        _authorize(service, request)
+        return JSONResponse({"object": "list", "data": [model_entry()]})
+
+    async def model(request: HttpRequest) -> JSONResponse:
+        _authorize(service, request)
+        name = request.path_params["name"]
+        if name not in {service.model, *service.aliases}:
+            raise ApiError(
+                404, f"the model {name!r} is not served here", param="model", code="model_not_found"
+            )
+        return JSONResponse(model_entry())
 
     async def health(request: HttpRequest) -> JSONResponse:
         slots = service.slots
@@ -300,6 +317,7 @@ def create_app(service: Service) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{name:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
     handlers = {ApiError: api_error, HTTPException: http_error, Exception: server_error}

@@ -155,6 +155,9 @@ def test_models_and_health(client: openai.OpenAI, server: Server, tiny_target: P
     assert [m.id for m in models] == [tiny_target.name]
     tiers = (models[0].model_extra or {})["edge_spec"]["tiers"]
     assert tiers[-1] == {"role": "target", "model": tiny_target.name, "device": "CPU"}
+    assert client.models.retrieve("target").id == tiny_target.name
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "slots": 1, "busy": 0, "queued": 0}
 
 
