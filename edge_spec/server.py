@@ -264,7 +264,8 @@ def create_app(service: Service) -> Starlette:
 
     def model_entry() -> dict[str, Any]:
         pyr = service.pyramid
-        roles = [("draft", pyr.draft), ("qualifier", pyr.qualifier), ("target", pyr.target)]
+        drafts = pyr.draft if isinstance(pyr.draft, list) else [pyr.draft]  # several: goodput picks per round
+        roles = [*(("draft", d) for d in drafts), ("qualifier", pyr.qualifier), ("target", pyr.target)]
         tiers = [
             {"role": role, "model": tier if isinstance(tier, str) else tier.path.name}
             | ({} if isinstance(tier, str) else {"device": tier.device})
