@@ -1,6 +1,7 @@
 """The `edge-spec` command line: run (generate with 1, 2 or 3 tiers), batch (a JSONL file of prompts,
-resumable), bench (modes side by side, speed and quality), plan (place tiers in a memory budget), models,
-fetch (cache a carried model) and derive (write a requantized or layer-pruned draft)."""
+resumable), serve (OpenAI's HTTP API), chat (a conversation in the terminal), bench (modes side by side,
+speed and quality), plan (place tiers in a memory budget), models, fetch (cache a carried model) and derive
+(write a requantized or layer-pruned draft)."""
 
 from __future__ import annotations
 
