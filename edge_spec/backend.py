@@ -34,6 +34,7 @@ from edge_spec.errors import (
     IncompatibleTiersError,
     ModelError,
 )
+from edge_spec.host import usable_cores
 
 CACHE_TYPES = {name: getattr(lc, f"GGML_TYPE_{name.upper()}") for name in options.CACHE_TYPES}
 """KV cache element types: q8_0 / q4_0 save memory and need flash attention; f32 (with flash attention off)
@@ -177,13 +178,6 @@ def _use_extra_buffer_types() -> bool:
     return not (build_has_amx and _cpu_has_amx())
 
 
-def _default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 4
-
-
 @dataclass(frozen=True)
 class TierConfig:
     """How to load one tier. Defaults suit a single small GPU or a laptop CPU."""
@@ -290,7 +284,7 @@ class Tier:
         cparams.n_ctx = self.n_ctx
         cparams.n_batch = cparams.n_ubatch = self.n_batch
         cparams.n_seq_max = 1
-        self.n_threads: int = cfg.n_threads or _default_threads()
+        self.n_threads: int = cfg.n_threads or usable_cores()
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
         cparams.type_k = cparams.type_v = CACHE_TYPES[cfg.cache_type]
         quantized = cfg.cache_type in ("q8_0", "q4_0")

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from edge_spec.backend import Tier, build_info
+from edge_spec.host import cpu_name, usable_cores
 from edge_spec.lookahead import Measurements
 from edge_spec.pyramid import Draft, StageConfig
 
@@ -52,17 +53,7 @@ def cache_dir() -> Path:
 def machine() -> dict[str, object]:
     """What identifies this machine's speed: host name, architecture, CPU model, the cores this process
     may use."""
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 0
-    return {"host": platform.node(), "arch": platform.machine(), "cpu": cpu, "cores": cores}
+    return {"host": platform.node(), "arch": platform.machine(), "cpu": cpu_name(), "cores": usable_cores()}
 
 
 def file_identity(path: Path) -> dict[str, object]:

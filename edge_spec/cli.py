@@ -305,15 +305,13 @@ def serve(host: str, port: int, parallel: int, api_key: str | None, **o: Any) ->
     Requests queue first come, first served for --parallel slots. The options below are the defaults of
     requests that leave a field out (greedy, 256 tokens unless told otherwise). Ctrl-C (or SIGTERM) lets
     running requests finish, then exits 0; a second Ctrl-C exits 130 at once."""
-    import os
-
     from edge_spec import server
+    from edge_spec.host import usable_cores
     from edge_spec.models import DEFAULT_MODEL
 
     settings = _settings({**o, "raw": False})
     if settings.load.threads == 0 and parallel > 1:  # the slots share the cores instead of each taking all
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // parallel)
+        threads = max(1, usable_cores() // parallel)
         settings = dataclasses.replace(settings, load=dataclasses.replace(settings.load, threads=threads))
     placed = _placed(settings)
     pyramids: list[Pyramid] = []

@@ -14,6 +14,7 @@ from typing import Any
 
 from edge_spec.backend import Tier, build_info
 from edge_spec.bench import BenchConfig, Mode, Peer, Tiers
+from edge_spec.host import cpu_name
 from edge_spec.models import file_sha256
 
 COLUMNS = (
@@ -67,21 +68,11 @@ def markdown(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(target: Tier) -> dict[str, Any]:
     """Where the numbers come from: OS, CPU, cores, threads, device and the llama.cpp build."""
     return {
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "threads": target.n_threads,
         "device": target.device,
