@@ -673,6 +673,16 @@ class Goodput(_Policy):
         k = 1 + int(np.argmax(rates[1:]))
         return k if self.rate(k, optimistic=True) >= rates[0] else 0
 
+    @property
+    def warming_up(self) -> bool:
+        """Whether its measurements are still in their first 2 * len(WARMUP) rounds."""
+        return self.measurements.costs.verify.rounds < 2 * len(WARMUP)
+
+    def cap(self, limit: int) -> int:
+        """The longest block the rule weighs in a round of at most `limit` tokens, once warmed up: up to
+        max_block, and one past the longest block whose verification was measured (CostModel.reach)."""
+        return min(self.max_block, limit, self.measurements.costs.reach)
+
     def can_pay(self, cap: int) -> bool:
         """Whether some block of 1..cap tokens, every one accepted, would commit tokens faster than not
         drafting: if none would, only a change of costs, not of acceptance, can make drafting pay."""
@@ -687,12 +697,11 @@ class Goodput(_Policy):
     def _choose(self, cap: int) -> _Round:
         """The rule's block for this round, or the measurement a schedule calls for."""
         m = self.measurements
-        done = m.costs.verify.rounds
         if cap == 0:
             return _Round(0)
-        if done < 2 * len(WARMUP):
-            return _Round(min(WARMUP[done % len(WARMUP)], cap))
-        cap = min(cap, m.costs.reach)
+        if self.warming_up:
+            return _Round(min(WARMUP[m.costs.verify.rounds % len(WARMUP)], cap))
+        cap = self.cap(cap)
         best = self.best(cap)
         if best == 0 and not self.can_pay(cap):
             return self._probe(cap) if m.cannot_pay.due() else _Round(0)
@@ -799,39 +808,34 @@ class Choose(_Policy):
         return self.policies[self.current].needs_confidence
 
     def next_block(self, limit: int) -> int:
-        best, k = self._best(limit)
-        self.current = best
-        warming = [
-            i for i, p in enumerate(self.policies) if p.measurements.costs.verify.rounds < 2 * len(WARMUP)
-        ]
+        warming = [i for i, p in enumerate(self.policies) if p.warming_up]
         if warming:
             self.current = warming[0]
             k = self.policies[self.current].next_block(limit)
-        elif k == 0:  # no candidate drafts by the rule: each in turn runs its own probe schedules
-            self.current = self.idle % len(self.policies)
-            self.idle += 1
-            k = self.policies[self.current].next_block(limit)
-        elif self.switching.due():
-            self.switches += 1
-            self.current = (best + 1 + self.switches % (len(self.policies) - 1)) % len(self.policies)
-            self.policies[self.current].round = _Round(k)  # a measurement: its block runs whole
         else:
-            k = self.policies[best].next_block(limit)
+            best, k = self._best(limit)
+            self.current = best
+            if k == 0:  # no candidate drafts by the rule: each in turn runs its own probe schedules
+                self.current = self.idle % len(self.policies)
+                self.idle += 1
+                k = self.policies[self.current].next_block(limit)
+            elif self.switching.due():
+                self.switches += 1
+                self.current = (best + 1 + self.switches % (len(self.policies) - 1)) % len(self.policies)
+                self.policies[self.current].round = _Round(k)  # a measurement: its block runs whole
+            else:
+                k = self.policies[best].next_block(limit)
         self.chosen[self.current] += 1
         if self._candidates is not None:
             self._candidates.current = self.current  # type: ignore[attr-defined]
         return k
 
     def _best(self, limit: int) -> tuple[int, int]:
-        """The candidate with the highest predicted rate at its best block, and that block."""
+        """The candidate with the highest predicted rate at its rule's block, and that block (every
+        candidate warmed up)."""
         picks = []
         for p in self.policies:
-            cap = (
-                min(p.max_block, limit, p.measurements.costs.reach)
-                if p.measurements.costs.verify.rounds
-                else 0
-            )
-            k = p.best(cap)
+            k = p.best(p.cap(limit))
             picks.append((p.rate(k), k))
         best = int(np.argmax([rate for rate, _ in picks]))
         return best, picks[best][1]
