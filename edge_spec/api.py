@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import threading
 import time
 import uuid
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_spec import calibration, checks
 from edge_spec.backend import MAX_THREADS, Tier, TierConfig
 from edge_spec.calibration import CalibrationFile
 from edge_spec.chat import Message, as_messages, render
 from edge_spec.checks import stage_count
+from edge_spec.engine import Engine, EngineThread, Task
 from edge_spec.errors import ConfigError, ContextOverflowError, EdgeSpecError
 from edge_spec.lookahead import ChoiceFactory, PolicyFactory, parse_lookahead
 from edge_spec.options import GENERATION, default, draft_list, draft_roles
-from edge_spec.pyramid import NGRAM, Draft, StageConfig, assemble, chain, commit_rounds
+from edge_spec.pyramid import NGRAM, Draft, StageConfig, Verifier, assemble, chain, commit_rounds
 from edge_spec.sampling import SamplingConfig
 from edge_spec.stats import GenerationStats
 from edge_spec.text import TextAssembler
@@ -36,6 +38,8 @@ GENERATE_OPTIONS = GENERATION
 """The per-generation options of `Pyramid.stream` / `generate`, named as the CLI's."""
 
 Ref = str | os.PathLike[str]
+Prompt = str | Sequence[Message]
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class LoadOptions:
     flash_attn: bool | None = default("flash_attn")  # None = llama.cpp decides
     threads: int = default("threads")  # CPU threads; 0 = every core this process may use
     calibration_cache: bool = default("calibration_cache")  # reuse and keep goodput's measurements
+    parallel: int | None = default("parallel")  # sequences decoded together (None = 1), each with its own ctx
     accept: str = default("accept")  # exact | fuzzy, or one per stage ("exact,fuzzy" = PSD_A)
     tau_q: float = default("tau_q")  # fuzzy threshold at the draft -> qualifier stage
     tau_t: float = default("tau_t")  # fuzzy threshold at the target stage
@@ -71,6 +76,7 @@ class LoadOptions:
         checks.flag("flash_attn", self.flash_attn, optional=True)
         checks.integer("threads", self.threads, least=0, most=MAX_THREADS)
         checks.flag("calibration_cache", self.calibration_cache)
+        checks.optional_integer("parallel", self.parallel, least=1)
         for option in ("accept", "divergence", "lookahead"):
             checks.text(option, getattr(self, option))
         checks.number("tau_q", self.tau_q, least=0)
@@ -82,7 +88,13 @@ class LoadOptions:
     def tier_config(self) -> TierConfig:
         """How to load each tier."""
         return TierConfig(
-            self.ctx, self.batch, self.gpu_layers, self.cache_type, self.flash_attn, self.threads
+            self.ctx,
+            self.batch,
+            self.gpu_layers,
+            self.cache_type,
+            self.flash_attn,
+            self.threads,
+            n_seq=self.parallel or 1,
         )
 
     def stages(self, n_stages: int) -> list[StageConfig]:
@@ -174,6 +186,37 @@ class Result:
         return {"text": self.text, "token_ids": self.token_ids, "stats": self.stats.summary()}
 
 
+class _Transcript:
+    """One generation's output as rounds commit tokens: its ids and text, up to the end of generation or a
+    stop string (`finish_reason` then becomes "stop")."""
+
+    def __init__(self, target: Tier, stop: Sequence[str], finish_reason: str) -> None:
+        self.target = target
+        self.ids: list[int] = []
+        self.text = TextAssembler(stop)
+        self.finish_reason = finish_reason
+
+    @property
+    def ended(self) -> bool:
+        return self.finish_reason == "stop"
+
+    def feed(self, tokens: list[int]) -> list[str]:
+        """Take a round's committed tokens; returns the text pieces they complete."""
+        pieces = []
+        for token in tokens:
+            if self.target.is_eog(token):
+                self.finish_reason = "stop"
+                break
+            piece = self.text.feed(self.target.piece(token))
+            self.ids.append(token)
+            if piece:
+                pieces.append(piece)
+            if self.text.stopped:
+                self.finish_reason = "stop"
+                break
+        return pieces
+
+
 class Pyramid:
     """Loaded tiers, bottom to top: [draft] -> [qualifier] -> target.
 
@@ -181,11 +224,16 @@ class Pyramid:
     processes with the same models and settings on this machine, and saves what it measures after each
     generation (`edge_spec.calibration`).
 
-    One generation at a time: a call made while another generation holds the pyramid (another thread, or
-    an unfinished `stream` in this one) raises EdgeSpecError at once rather than waiting, so a caller
-    never blocks on a stream it forgot to finish. Use one pyramid per worker thread, or serialize calls
-    with your own lock. `close()` (or leaving the `with` block) frees every tier; a generation running
-    in another thread stops at its next round with EdgeSpecError, and every later call raises it too.
+    Loaded with `parallel=N` (N > 1, LoadOptions.parallel), up to N generations are decoded together by
+    one engine thread (`edge_spec.engine`): `stream` / `generate` calls from several threads run at once
+    (more wait their turn), and `generate_each` / `generate_many` run a list of prompts N at a time. Every
+    tier then holds N sequences of `ctx` tokens each.
+
+    Loaded for one sequence (the default), one generation at a time: a call made while another generation
+    holds the pyramid (another thread, or an unfinished `stream` in this one) raises EdgeSpecError at once
+    rather than waiting, so a caller never blocks on a stream it forgot to finish. `close()` (or leaving
+    the `with` block) frees every tier; a generation running in another thread stops at its next round
+    with EdgeSpecError, and every later call raises it too.
     """
 
     def __init__(
@@ -224,8 +272,13 @@ class Pyramid:
             roles = {"draft": draft, "qualifier": qualifier, "target": target}
             self._calibration = CalibrationFile(calibration.pyramid_key(roles, self.stages))
             self._calibration.load(self._measured)
+        self.parallel = min(t.n_seq for t in self.models)
+        """Sequences decoded together (every tier holds that many)."""
         self._lock = threading.Lock()  # held by the one generation under way, from start to end
         self._computing = threading.Lock()  # held while that generation computes (not while it yields)
+        self._engine: EngineThread | None = None  # decodes generations together (parallel > 1)
+        self._starting = threading.Lock()  # held while the engine thread starts
+        self._host = self  # the pyramid whose engine thread decodes this one's generations (`with_stages`)
         self._closed = False
         self.last_result: Result | None = None
         """The latest generation, also when it was interrupted (Ctrl-C) before returning."""
@@ -335,7 +388,14 @@ class Pyramid:
         The prompt and options are checked here, before the first piece is asked for: bad ones raise
         ConfigError and leave the pyramid as it was.
         """
-        g = check_generation(**_known(options))
+        prompt_ids, max_new, g = self._checked(prompt, options)
+        if self.parallel > 1:
+            return self._together(prompt_ids, max_new, g)
+        return self._locked(self._generate(prompt_ids, max_new, g.max_tokens, g.sampling, g.stop))
+
+    def _checked(self, prompt: Prompt, options: Mapping[str, Any]) -> tuple[list[int], int, Generation]:
+        """The prompt's tokens, the tokens it may generate and its checked options (see `stream`)."""
+        g = check_generation(**_known(dict(options)))
         prompt_ids = self.encode(prompt, g.raw)
         room = self.n_ctx - len(prompt_ids)
         if room < 1:
@@ -343,8 +403,145 @@ class Pyramid:
                 f"the prompt is {len(prompt_ids)} tokens but the context holds {self.n_ctx}; "
                 "shorten it or raise --ctx"
             )
-        max_new = min(g.max_tokens, room)
-        return self._locked(self._generate(prompt_ids, max_new, g.max_tokens, g.sampling, g.stop))
+        return prompt_ids, min(g.max_tokens, room), g
+
+    def _task(
+        self,
+        prompt_ids: list[int],
+        max_new: int,
+        g: Generation,
+        emit: Callable[[str | Result | Exception], None],
+    ) -> Task:
+        """An engine task generating from `prompt_ids`; `emit` gets its text pieces, then its Result (or
+        the exception that ended it), in the engine thread."""
+        reason = "length" if max_new == g.max_tokens else "context"
+        transcript = _Transcript(self.target, g.stop, reason)
+        before: dict[str, float] = {}
+
+        def build(slot: int) -> Verifier:
+            before.update((t.path.name, t.decode_seconds) for t in self.models)
+            return assemble(self.draft, self._verifiers, self.stages, self._policies, g.sampling, slot)
+
+        def commit(tokens: list[int]) -> bool:
+            for piece in transcript.feed(tokens):
+                emit(piece)
+            return not transcript.ended
+
+        def on_end(task: Task) -> None:
+            if task.error is not None:
+                emit(task.error)
+                return
+            tail = transcript.text.finish()
+            if tail:
+                emit(tail)
+            stats = GenerationStats(
+                prompt_tokens=len(prompt_ids),
+                generated_tokens=len(transcript.ids),
+                prefill_seconds=task.prefilled_at - task.admitted_at,
+                decode_seconds=task.done_at - task.prefilled_at,
+                finish_reason=transcript.finish_reason,
+                tier_seconds={t.path.name: t.decode_seconds - before[t.path.name] for t in self.models},
+                stages=[v.stats for v in chain(task.top) if v.stats is not None],
+            )
+            for v in chain(task.top):
+                if v.stats is not None:
+                    v.stats.policy = v.policy.summary()
+            if self._calibration is not None:
+                self._calibration.save(self._measured)
+            emit(Result(transcript.text.text, transcript.ids, stats))
+
+        return Task(prompt_ids, max_new, build, commit, on_end)
+
+    def _submit(self, task: Task) -> None:
+        """Hand `task` to the engine thread (started at the first use)."""
+        host = self._host
+        with host._starting:  # not _computing: the engine thread takes that one step after step
+            host._require_open()
+            if host._engine is None:
+                host._engine = EngineThread(Engine(host.models, host.parallel), host._computing)
+        host._engine.submit(task)
+
+    def with_stages(self, stages: Sequence[StageConfig]) -> Pyramid:
+        """A pyramid over these tiers with other stage settings (the server's per-request lookahead). Its
+        generations join this pyramid's engine when it decodes several sequences; closing it frees nothing
+        (close this one)."""
+        view = Pyramid(self.target, self.qualifier, self.draft, stages)
+        view._host = self
+        return view
+
+    def _together(self, prompt_ids: list[int], max_new: int, g: Generation) -> Generator[str, None, Result]:
+        """`stream` for a pyramid decoding several sequences: the engine thread generates, this generator
+        relays its pieces; closing it early cancels the generation."""
+        out: queue.SimpleQueue[str | Result | Exception] = queue.SimpleQueue()
+        task = self._task(prompt_ids, max_new, g, out.put)
+        self._submit(task)
+        try:
+            while True:
+                item = out.get()
+                if isinstance(item, Exception):
+                    raise item
+                if isinstance(item, Result):
+                    self.last_result = item
+                    return item
+                yield item
+        finally:
+            task.cancelled = True
+
+    def generate_each(
+        self, jobs: Iterable[tuple[K, Prompt, Mapping[str, Any]]]
+    ) -> Iterator[tuple[K, Result | Exception]]:
+        """Generate every job, (key, prompt, options as in `stream`), up to `parallel` at once, yielding
+        (key, Result) as each finishes (not in order), or (key, exception) for a job whose prompt or
+        options are bad or whose generation failed; the other jobs go on. Jobs are read as slots free up.
+        Closing the iterator (or Ctrl-C) cancels the jobs under way."""
+        if self.parallel == 1:
+            for key, prompt, options in jobs:
+                try:
+                    yield key, self.generate(prompt, **options)
+                except Exception as e:  # that job's error: the others go on
+                    yield key, e
+            return
+        out: queue.SimpleQueue[tuple[int, Result | Exception]] = queue.SimpleQueue()
+        under_way: dict[int, tuple[K, Task]] = {}  # by job number; only this thread changes it
+
+        def ended() -> tuple[K, Result | Exception]:
+            n, outcome = out.get()
+            return under_way.pop(n)[0], outcome
+
+        try:
+            for n, (key, prompt, options) in enumerate(jobs):
+                try:
+                    prompt_ids, max_new, g = self._checked(prompt, options)
+                except EdgeSpecError as e:
+                    yield key, e
+                    continue
+
+                def emit(item: str | Result | Exception, n: int = n) -> None:
+                    if not isinstance(item, str):
+                        out.put((n, item))
+
+                under_way[n] = (key, self._task(prompt_ids, max_new, g, emit))
+                self._submit(under_way[n][1])
+                while len(under_way) >= 2 * self.parallel or not out.empty():  # keep the engine fed
+                    yield ended()
+            while under_way:
+                yield ended()
+        finally:
+            for _, task in under_way.values():
+                task.cancelled = True
+
+    def generate_many(self, prompts: Sequence[Prompt], **options: Any) -> list[Result]:
+        """Generate for every prompt with the same options (as in `stream`), up to `parallel` at once; the
+        results in the prompts' order. Every prompt is checked first: a bad one raises before anything is
+        generated; a failed generation raises its error."""
+        for prompt in prompts:
+            self._checked(prompt, options)
+        results: dict[int, Result] = {}
+        for i, outcome in self.generate_each((i, p, options) for i, p in enumerate(prompts)):
+            if isinstance(outcome, Exception):
+                raise outcome
+            results[i] = outcome
+        return [results[i] for i in range(len(prompts))]
 
     def _locked(self, generation: Generator[str, None, Result]) -> Generator[str, None, Result]:
         """Run `generation` holding the pyramid, and `_computing` whenever it is not waiting at a yield."""
@@ -385,29 +582,19 @@ class Pyramid:
         stats.prefill_seconds = t1 - t0
         before = {t.path.name: t.decode_seconds for t in self.models}
         top = assemble(self.draft, self._verifiers, self.stages, self._policies, sampling)
-        out_ids: list[int] = []
-        text = TextAssembler(stop)
-        stats.finish_reason = "length" if max_new == max_tokens else "context"
+        transcript = _Transcript(self.target, stop, "length" if max_new == max_tokens else "context")
+        out_ids, text = transcript.ids, transcript.text
         try:
             for tokens in commit_rounds(top, prompt_ids, max_new):
                 self._require_open()  # closed from another thread: stop before touching freed tiers
-                for token in tokens:
-                    if self.target.is_eog(token):
-                        stats.finish_reason = "stop"
-                        break
-                    piece = text.feed(self.target.piece(token))
-                    out_ids.append(token)
-                    if piece:
-                        yield piece
-                    if text.stopped:
-                        stats.finish_reason = "stop"
-                        break
-                if stats.finish_reason == "stop":
+                yield from transcript.feed(tokens)
+                if transcript.ended:
                     break
         except KeyboardInterrupt:
-            stats.finish_reason = "interrupted"
+            transcript.finish_reason = "interrupted"
             raise
         finally:
+            stats.finish_reason = transcript.finish_reason
             stats.decode_seconds = time.perf_counter() - t1
             stats.generated_tokens = len(out_ids)
             stats.tier_seconds = {t.path.name: t.decode_seconds - before[t.path.name] for t in self.models}
@@ -460,7 +647,11 @@ class Pyramid:
     def close(self) -> None:
         """Free every tier. Safe to call twice; waits for a generation computing in another thread to
         reach the end of its round (it then raises EdgeSpecError)."""
+        if self._host is not self:
+            return
         self._closed = True
+        if self._engine is not None:
+            self._engine.stop(EdgeSpecError("this pyramid was closed; load it again to generate"))
         with self._computing:
             for tier in self.models:
                 tier.close()

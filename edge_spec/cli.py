@@ -153,7 +153,9 @@ def _settings(o: Mapping[str, Any]) -> Settings:
     o = _with_preset(o)
     generation = {name: o[name] for name in options.GENERATION}
     check_generation(**generation)
-    load = LoadOptions(**{name: o[name] for name in (*options.LOAD, *options.STAGES)})
+    load = LoadOptions(
+        **{name: o[name] for name in (*options.LOAD, *options.STAGES)}, parallel=o.get("parallel")
+    )
     drafts = tuple(options.draft_list(o["draft_ref"]))
     load.stages(stage_count(drafts or None, o["qualifier_ref"]))
     if o["budget"] is not None:
@@ -244,11 +246,12 @@ def _print_interrupted(result: Result | None, as_json: bool) -> None:
 @main.command()
 @click.argument("in_path", metavar="IN.jsonl", type=click.Path(path_type=Path))
 @click.argument("out_path", metavar="OUT.jsonl", type=click.Path(path_type=Path))
-@click_options(*_RUN_OPTIONS, "raw")
+@click_options(*_RUN_OPTIONS, "raw", "parallel")
 @_clean_errors
 def batch(in_path: Path, out_path: Path, **o: Any) -> None:
     """Generate an answer for every line of IN.jsonl into OUT.jsonl, in input order, with a progress bar
-    on stderr. Killed or interrupted, the same command resumes where it stopped.
+    on stderr, --parallel lines decoded together. Killed or interrupted, the same command resumes where
+    it stopped.
 
     Input lines: {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]}, optionally with
     max_tokens, temperature, top_k, top_p, min_p, seed, stop, raw overriding the options below. Output
@@ -259,6 +262,11 @@ def batch(in_path: Path, out_path: Path, **o: Any) -> None:
 
     settings = _settings(o)
     jobs = batching.read_jobs(in_path)
+    if settings.load.parallel is None:
+        from edge_spec.backend import gpu_available
+
+        n = batching.default_parallel(len(jobs), gpu_available())
+        settings = dataclasses.replace(settings, load=dataclasses.replace(settings.load, parallel=n))
 
     def load(placed: Settings) -> Pyramid:
         pyr = _open_pyramid(placed)
@@ -286,13 +294,7 @@ def batch(in_path: Path, out_path: Path, **o: Any) -> None:
 @click.option(
     "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one)."
 )
-@click.option(
-    "--parallel",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1, 64),
-    help="Slots: copies of the pyramid, each answering one request at a time (more memory, see README).",
-)
+@click_option("parallel")
 @click.option(
     "--api-key",
     default=None,
@@ -300,34 +302,23 @@ def batch(in_path: Path, out_path: Path, **o: Any) -> None:
     help="Require 'Authorization: Bearer KEY' on /v1 (default: $EDGE_SPEC_API_KEY, else no key).",
 )
 @_clean_errors
-def serve(host: str, port: int, parallel: int, api_key: str | None, **o: Any) -> None:
+def serve(host: str, port: int, api_key: str | None, **o: Any) -> None:
     """Serve OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models) and /health over HTTP.
-    Requests queue first come, first served for --parallel slots. The options below are the defaults of
-    requests that leave a field out (greedy, 256 tokens unless told otherwise). Ctrl-C (or SIGTERM) lets
-    running requests finish, then exits 0; a second Ctrl-C exits 130 at once."""
+    Requests queue first come, first served for --parallel slots, decoded together. The options below are
+    the defaults of requests that leave a field out (greedy, 256 tokens unless told otherwise). Ctrl-C (or
+    SIGTERM) lets running requests finish, then exits 0; a second Ctrl-C exits 130 at once."""
     from edge_spec import server
-    from edge_spec.host import usable_cores
     from edge_spec.models import DEFAULT_MODEL
 
     settings = _settings({**o, "raw": False})
-    if settings.load.threads == 0 and parallel > 1:  # the slots share the cores instead of each taking all
-        threads = max(1, usable_cores() // parallel)
-        settings = dataclasses.replace(settings, load=dataclasses.replace(settings.load, threads=threads))
-    placed = _placed(settings)
-    pyramids: list[Pyramid] = []
-    try:
-        for _ in range(parallel):
-            pyramids.append(_open_pyramid(placed))
-        pyr = pyramids[0]
+    with _open_pyramid(_placed(settings)) as pyr:
         click.echo("edge-spec: " + ", ".join(f"{t.path.name} on {t.device}" for t in pyr.models), err=True)
         _context_note(pyr, settings)
         aliases = {settings.target or DEFAULT_MODEL, Path(pyr.model).stem}
         defaults = {k: v for k, v in settings.generation.items() if k != "raw"}
         with contextlib.closing(server.bind(host, port)) as sock:
-            server.serve(pyramids, sock, aliases=aliases, defaults=defaults, api_key=api_key, log=_log)
-    finally:
-        for p in pyramids:
-            p.close()
+            slots = [pyr] * pyr.parallel  # one engine decodes them together
+            server.serve(slots, sock, aliases=aliases, defaults=defaults, api_key=api_key, log=_log)
 
 
 def _log(line: str) -> None:

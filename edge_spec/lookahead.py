@@ -51,6 +51,7 @@ class RoundReport:
     propose_seconds: float  # wall time the proposer took for this block (0 for n-gram)
     verify_seconds: float  # wall time of the verifier's one batched decode of proposed + 1 tokens
     confidences: tuple[float, ...] = ()  # proposer's top-1 probability per proposed token, () if it has none
+    shared: int = 0  # tokens of other sequences in the verifier's decode (decoded together by the engine)
 
     def __post_init__(self) -> None:
         if self.requested < 0 or self.proposed < 0 or not 0 <= self.accepted <= self.proposed:
@@ -88,6 +89,18 @@ class Lookahead(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Load:
+    """The other sequences decoded in the same steps as this one (`edge_spec.engine` sets it each round):
+    their latest block lengths and the tokens they committed per round together (a recent average)."""
+
+    blocks: tuple[int, ...] = ()
+    committed: float = 0.0
+
+
+ALONE = Load()
+
+
 def _clamp(k: int, limit: int) -> int:
     return max(0, min(k, limit))
 
@@ -100,6 +113,7 @@ class _Policy:
 
     def __init__(self) -> None:
         self.early_stops = 0  # times keep_drafting returned False
+        self.load = ALONE  # what the sequences decoded together with this one put into each step
 
     def _stop(self, keep: bool) -> bool:
         self.early_stops += not keep
@@ -477,7 +491,8 @@ class Backoff:
 
 class CostModel:
     """Seconds of a round by block length k, measured on this machine: propose(k) for k > 0 proposed tokens
-    and verify(n) for a batch of n (`CostCurve`s of the last PER_LENGTH rounds at each length)."""
+    and verify(n) for a decode of n tokens, other sequences' included (`CostCurve`s of the last PER_LENGTH
+    rounds at each length)."""
 
     def __init__(self) -> None:
         self.propose = CostCurve(PER_LENGTH, flat=False)  # seconds ~ c0 + c1 * proposed, proposed > 0
@@ -486,7 +501,7 @@ class CostModel:
     def add(self, report: RoundReport) -> None:
         if report.proposed > 0:
             self.propose.add(report.proposed, report.propose_seconds)
-        self.verify.add(report.proposed + 1, report.verify_seconds)
+        self.verify.add(report.proposed + 1 + report.shared, report.verify_seconds)
 
     def seconds(self, k: int) -> float:
         """Predicted wall time of a round with block k (propose k, verify k + 1; propose(0) = 0)."""
@@ -634,8 +649,14 @@ class Goodput(_Policy):
     fit_to_proposer), keep_drafting also stops a block of the rule early: after each token, drafting goes
     on while some longer block is expected to add tokens faster than the round's predicted rate, the
     tokens so far counting with their calibrated acceptance (`Calibration`), later ones with the
-    positional estimates. Measurement rounds run whole. The measurements behind these settings are in
-    bench/README.md."""
+    positional estimates. Measurement rounds run whole.
+
+    Under load (several sequences decoded together, `load` set by the engine each round), the rule weighs
+    the batch's goodput: the others' committed tokens join the numerator, and a round's seconds are the
+    step's (`seconds`): drafting as long as the longest block, one verification of every sequence's
+    tokens. Verification costs are measured by the decode's total tokens, so as the batch grows, a block's
+    marginal cost grows with it and the best k falls, to 0 once the batch alone fills what a decode can do
+    cheaply (SmartSpec's observation). The measurements behind these settings are in bench/README.md."""
 
     name = "goodput"
 
@@ -659,10 +680,21 @@ class Goodput(_Policy):
         """Whether the drafter should report each token's top-1 probability (see keep_drafting)."""
         return self.stop_on_confidence
 
+    def seconds(self, k: int) -> float:
+        """Predicted wall time of a round with block k. Decoded together with other sequences (`load`), a
+        step drafts as long as its longest block and verifies every sequence's tokens in one decode:
+        max(propose(k), propose(k') of the others) + verify(k + 1 + sum of the others' k' + 1)."""
+        costs, others = self.measurements.costs, self.load.blocks
+        if not others:
+            return costs.seconds(k)
+        drafting = max(costs.propose(b) if b > 0 else 0.0 for b in (*others, k))
+        return drafting + costs.verify(k + 1 + sum(others) + len(others))
+
     def rate(self, k: int, optimistic: bool = False) -> float:
-        """Predicted committed tokens per second of a round with block k."""
-        m = self.measurements
-        return m.acceptance.expected_tokens(k, optimistic) / max(m.costs.seconds(k), 1e-9)
+        """Predicted committed tokens per second of a round with block k: this sequence's and, decoded
+        together with others, theirs (the batch's goodput)."""
+        expected = self.measurements.acceptance.expected_tokens(k, optimistic) + self.load.committed
+        return expected / max(self.seconds(k), 1e-9)
 
     def best(self, cap: int) -> int:
         """The k in 1..cap with the highest rate (the shortest on ties), or 0 when not drafting beats it
@@ -681,14 +713,15 @@ class Goodput(_Policy):
     def cap(self, limit: int) -> int:
         """The longest block the rule weighs in a round of at most `limit` tokens, once warmed up: up to
         max_block, and one past the longest block whose verification was measured (CostModel.reach)."""
-        return min(self.max_block, limit, self.measurements.costs.reach)
+        others = sum(self.load.blocks) + len(self.load.blocks)  # tokens the other sequences verify
+        return min(self.max_block, limit, max(1, self.measurements.costs.reach - others))
 
     def can_pay(self, cap: int) -> bool:
         """Whether some block of 1..cap tokens, every one accepted, would commit tokens faster than not
         drafting: if none would, only a change of costs, not of acceptance, can make drafting pay."""
-        seconds = self.measurements.costs.seconds
-        alone = 1.0 / max(seconds(0), 1e-9)
-        return any((k + 1) / max(seconds(k), 1e-9) > alone for k in range(1, cap + 1))
+        seconds, others = self.seconds, self.load.committed
+        alone = (1.0 + others) / max(seconds(0), 1e-9)
+        return any((k + 1 + others) / max(seconds(k), 1e-9) > alone for k in range(1, cap + 1))
 
     def next_block(self, limit: int) -> int:
         self.round = self._choose(_clamp(self.max_block, limit))
@@ -738,8 +771,8 @@ class Goodput(_Policy):
         r.reached *= m.calibration.estimate(top1)
         a = m.acceptance.by_position()[drafted : r.block]  # [n] the next positions' estimates
         more = r.reached * np.cumsum(np.cumprod(a))  # [n] expected extra tokens drafting 1..n more
-        now = m.costs.seconds(drafted)
-        extra = np.array([m.costs.seconds(drafted + j) - now for j in range(1, len(a) + 1)])  # [n] seconds
+        now = self.seconds(drafted)
+        extra = np.array([self.seconds(drafted + j) - now for j in range(1, len(a) + 1)])  # [n] seconds
         return self._stop(bool(np.any(more - r.rate * extra > 0.0)))
 
     def observe(self, report: RoundReport) -> None:
@@ -783,10 +816,10 @@ class Choose(_Policy):
     name = "choose"
 
     def __init__(self, policies: list[Goodput]) -> None:
-        super().__init__()
         if len(policies) < 2 or not all(isinstance(p, Goodput) for p in policies):
             raise ConfigError("choosing among several drafts needs the goodput lookahead")
         self.policies = policies  # one per candidate, in the candidates' order
+        super().__init__()
         self.current = 0  # the candidate of the round under way
         self.chosen = [0] * len(policies)  # rounds proposed by each candidate
         self.switching = Backoff(*SWITCH)
@@ -806,6 +839,15 @@ class Choose(_Policy):
     @property
     def needs_confidence(self) -> bool:
         return self.policies[self.current].needs_confidence
+
+    @property
+    def load(self) -> Load:
+        return self.policies[0].load
+
+    @load.setter
+    def load(self, load: Load) -> None:
+        for p in self.policies:
+            p.load = load
 
     def next_block(self, limit: int) -> int:
         warming = [i for i, p in enumerate(self.policies) if p.warming_up]

@@ -110,6 +110,14 @@ _DECLARED = (
         "settings on this machine, and keep what it measures (EDGE_SPEC_CALIBRATION=off: never).",
     ),
     Option("raw", ("--raw",), False, "Send the prompt as-is, without the chat template.", is_flag=True),
+    Option(
+        "parallel",
+        ("--parallel", "-np"),
+        None,
+        "Sequences decoded together in one context, each with its own --ctx (default: 1; batch: what the "
+        "memory plan and the cores suit, see README).",
+        type=int,
+    ),
 )
 OPTIONS: dict[str, Option] = {o.name: o for o in _DECLARED}
 """The shared options by Python name."""

@@ -12,6 +12,7 @@ from edge_spec import _rowmath
 from edge_spec.backend import Tier
 from edge_spec.lookahead import Lookahead
 from edge_spec.sampling import SamplingConfig, Warped, f32_row, make_rng
+from edge_spec.steps import Score, Steps
 
 
 @dataclass
@@ -28,11 +29,12 @@ ROUND_LAG = 2
 token (never decoded) and the verifier's own token. More means it sat out rounds (lookahead 0)."""
 
 
-def catch_up(tier: Tier, seq: list[int]) -> None:
-    """Decode, in one batch, what `tier` lacks of `seq` beyond ROUND_LAG tokens, so that the next round's
-    timing measures drafting alone (the lookahead's cost model) and not the catch-up after a pause."""
-    if tier.missing(seq) > ROUND_LAG:
-        tier.score(seq[:-1], 1)
+def catch_up(tier: Tier, seq: list[int], slot: int) -> Steps[None]:
+    """Decode, in one batch, what `tier` lacks of `seq` (in its sequence `slot`) beyond ROUND_LAG tokens,
+    so that the next round's timing measures drafting alone (the lookahead's cost model) and not the
+    catch-up after a pause."""
+    if tier.missing(seq, seq=slot) > ROUND_LAG:
+        yield Score(tier, seq[:-1], 1, slot)
 
 
 class Proposer(Protocol):
@@ -41,11 +43,11 @@ class Proposer(Protocol):
     name: str
     confident: bool  # whether propose reports per-token confidence (asks policy.keep_drafting)
 
-    def catch_up(self, seq: list[int]) -> None:
+    def catch_up(self, seq: list[int]) -> Steps[None]:
         """Bring model state up to `seq` (see `catch_up`) before a timed round; nothing for an n-gram."""
         ...
 
-    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
+    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Steps[Block]:
         """Up to `n` tokens continuing `seq` (fewer, even none, when it has nothing good to offer).
         A model drafter asks `policy.keep_drafting` after each token."""
         ...
@@ -62,10 +64,11 @@ class NgramProposer:
         self.max_ngram = max_ngram  # longest suffix searched for
         self.min_ngram = min_ngram  # shortest suffix accepted as a match
 
-    def catch_up(self, seq: list[int]) -> None:
-        pass
+    def catch_up(self, seq: list[int]) -> Steps[None]:
+        yield from ()  # no model state
 
-    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
+    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Steps[Block]:
+        yield from ()  # decodes nothing
         arr = np.asarray(seq, dtype=np.int64)
         for size in range(min(self.max_ngram, len(arr) - 1), self.min_ngram - 1, -1):
             windows = np.lib.stride_tricks.sliding_window_view(arr[:-1], size)
@@ -81,21 +84,28 @@ class ModelDrafter:
 
     confident = True
 
-    def __init__(self, tier: Tier, sampling: SamplingConfig, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        tier: Tier,
+        sampling: SamplingConfig,
+        rng: np.random.Generator | None = None,
+        slot: int = 0,
+    ) -> None:
         self.tier = tier
         self.name = tier.path.name
         self.sampling = sampling
         self.rng = rng or make_rng(sampling.seed)
+        self.slot = slot  # the tier's sequence this drafter decodes in
 
-    def catch_up(self, seq: list[int]) -> None:
-        catch_up(self.tier, seq)
+    def catch_up(self, seq: list[int]) -> Steps[None]:
+        yield from catch_up(self.tier, seq, self.slot)
 
-    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
+    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Steps[Block]:
         tokens: list[int] = []
         rows: list[np.ndarray] = []
         confidences: list[float] = []
         for i in range(1, n + 1):
-            logits = self.tier.score(seq + tokens, 1)[0]
+            logits = (yield Score(self.tier, seq + tokens, 1, self.slot))[0]
             greedy = self.sampling.greedy
             token = (
                 int(logits.argmax()) if greedy else Warped(logits[None], self.sampling).sample(0, self.rng)
@@ -124,11 +134,11 @@ class Candidates:
         self.name = "|".join(p.name for p in proposers)
         self.current = 0  # index of the proposer of this round
 
-    def catch_up(self, seq: list[int]) -> None:
-        self.proposers[self.current].catch_up(seq)
+    def catch_up(self, seq: list[int]) -> Steps[None]:
+        yield from self.proposers[self.current].catch_up(seq)
 
-    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
-        return self.proposers[self.current].propose(seq, n, policy)
+    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Steps[Block]:
+        return (yield from self.proposers[self.current].propose(seq, n, policy))
 
 
 def confidence(logits: np.ndarray) -> tuple[float, float]:

@@ -31,6 +31,7 @@ from edge_spec.options import NGRAM
 from edge_spec.proposers import Block, Candidates, ModelDrafter, NgramProposer, Proposer, catch_up
 from edge_spec.sampling import SamplingConfig, Warped, make_rng
 from edge_spec.stats import StageStats
+from edge_spec.steps import Score, Steps, serve
 
 ACCEPT_RULES = ("exact", "fuzzy")
 
@@ -72,8 +73,12 @@ class Verifier:
         rng: np.random.Generator,
         keep_logits: bool,
         policy: Lookahead,
+        slot: int = 0,
     ) -> None:
         self.tier, self.below, self.stage, self.sampling, self.rng = tier, below, stage, sampling, rng
+        self.slot = slot  # the tier's sequence this generation decodes in
+        self.batch_size = 1  # sequences decoded together in this round (set by the engine)
+        self.last_block = 0  # the block length asked for in the latest round
         self.name = tier.path.name
         self.keep_logits = keep_logits  # hand our logits rows up: the stage above needs them
         # a fresh policy per generation, from the pyramid's factory (which shares goodput's cost model)
@@ -82,39 +87,42 @@ class Verifier:
             self.policy.attach(below)
         self.stats = StageStats(self.name, below.name) if below is not None else None
 
-    def round(self, seq: list[int], limit: int) -> Block:
+    def round(self, seq: list[int], limit: int) -> Steps[Block]:
         """One verification: ask the tier below for as many tokens as the lookahead policy decides (at most
         `limit`), score them in ONE decode, keep the accepted prefix and append our own token."""
         k = self.policy.next_block(limit) if self.below is not None else 0
+        self.last_block = k
+        block, propose_seconds = Block([], None), 0.0
         if self.below is not None and k > 0:
-            self.below.catch_up(seq)
-        t0 = time.perf_counter()
-        block = (
-            self.below.propose(seq, k, self.policy) if self.below is not None and k > 0 else Block([], None)
-        )
+            yield from self.below.catch_up(seq)
+            t0 = time.perf_counter()
+            block = yield from self.below.propose(seq, k, self.policy)
+            propose_seconds = time.perf_counter() - t0
         draft = block.tokens
-        t1 = time.perf_counter()
-        rows = self.tier.score(seq + draft, len(draft) + 1)  # [len(draft) + 1, V]
-        t2 = time.perf_counter()
+        verify = Score(self.tier, seq + draft, len(draft) + 1, self.slot)
+        rows = yield verify  # [len(draft) + 1, V]
         verdict = self._judge(np.asarray(draft, dtype=np.int64), rows, block.logits)
         n = verdict.n_accepted
         if self.stats is not None:
-            self.policy.observe(RoundReport(k, len(draft), n, t1 - t0, t2 - t1, block.confidences))
-            self.stats.record(len(draft), n, k)
+            report = RoundReport(
+                k, len(draft), n, propose_seconds, verify.seconds, block.confidences, verify.shared
+            )
+            self.policy.observe(report)
+            self.stats.record(len(draft), n, k, self.batch_size)
         return Block([*draft[:n], verdict.token], rows[: n + 1].copy() if self.keep_logits else None)
 
-    def catch_up(self, seq: list[int]) -> None:
-        catch_up(self.tier, seq)
+    def catch_up(self, seq: list[int]) -> Steps[None]:
+        yield from catch_up(self.tier, seq, self.slot)
         if self.below is not None:
-            self.below.catch_up(seq)
+            yield from self.below.catch_up(seq)
 
-    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Block:
+    def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Steps[Block]:
         """Run rounds until holding n tokens (or an end-of-generation token): the stage above chose n, our
         own policy sizes each inner round."""
         tokens: list[int] = []
         rows: list[np.ndarray] = []
         while len(tokens) < n:
-            block = self.round(seq + tokens, n - len(tokens) - 1)
+            block = yield from self.round(seq + tokens, n - len(tokens) - 1)
             tokens += block.tokens
             if block.logits is not None:
                 rows.append(block.logits)
@@ -151,14 +159,16 @@ Draft = Tier | str | list[Tier | str] | None
 or None (the target alone)."""
 
 
-def proposer(draft: Draft, sampling: SamplingConfig, rng: np.random.Generator) -> Proposer | None:
-    """What proposes at the bottom of a pyramid with this draft."""
+def proposer(
+    draft: Draft, sampling: SamplingConfig, rng: np.random.Generator, slot: int = 0
+) -> Proposer | None:
+    """What proposes at the bottom of a pyramid with this draft (a model decoding in sequence `slot`)."""
     if isinstance(draft, list):
-        return Candidates([p for d in draft if (p := proposer(d, sampling, rng)) is not None])
+        return Candidates([p for d in draft if (p := proposer(d, sampling, rng, slot)) is not None])
     if draft == NGRAM:
         return NgramProposer()
     if isinstance(draft, Tier):
-        return ModelDrafter(draft, sampling, rng)
+        return ModelDrafter(draft, sampling, rng, slot)
     return None
 
 
@@ -168,17 +178,18 @@ def assemble(
     stages: Sequence[StageConfig],
     policies: Sequence[Callable[[], Lookahead]],
     sampling: SamplingConfig,
+    slot: int = 0,
 ) -> Verifier:
     """The verifier chain of one generation, bottom-up: the draft (see `Draft`) under each of
     `verifiers` (qualifier, target) with its stage settings and a fresh policy from its factory (goodput's
-    factory shares its measured costs across generations); fresh stats, one RNG seeded from `sampling`.
-    Returns the top verifier (the target's)."""
+    factory shares its measured costs across generations); fresh stats, one RNG seeded from `sampling`;
+    every model decodes in its sequence `slot`. Returns the top verifier (the target's)."""
     rng = make_rng(sampling.seed)
-    below = proposer(draft, sampling, rng)
+    below = proposer(draft, sampling, rng, slot)
     top: Verifier | None = None
     for i, tier in enumerate(verifiers):
         above_needs = i + 1 < len(verifiers) and stage_needs_logits(stages[i + 1], sampling)
-        top = Verifier(tier, below, stages[i], sampling, rng, above_needs, policies[i]())
+        top = Verifier(tier, below, stages[i], sampling, rng, above_needs, policies[i](), slot)
         below = top
     assert top is not None, "a pyramid has a target"
     return top
@@ -200,7 +211,7 @@ def commit_rounds(top: Verifier, prompt: list[int], max_new: int) -> Iterator[li
     seq = list(prompt)
     produced = 0
     while produced < max_new:
-        block = top.round(seq, max_new - produced - 1)
+        block = serve(top.round(seq, max_new - produced - 1))
         tokens = block.tokens[: max_new - produced]
         seq += tokens
         produced += len(tokens)

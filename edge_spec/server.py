@@ -170,7 +170,7 @@ class _Completion:
         if self.req.lookahead is None:
             return pyr
         stages = [dataclasses.replace(pyr.stages[0], lookahead=self.req.lookahead), *pyr.stages[1:]]
-        return Pyramid(pyr.target, pyr.qualifier, pyr.draft, stages)
+        return pyr.with_stages(stages)
 
     async def _answer(self, send: Send) -> None:
         queued = time.perf_counter()

@@ -14,7 +14,8 @@ class StageStats:
     emitted its own token; bonus: rounds where every proposed token was accepted and the verifier added one;
     skipped: rounds where nothing was proposed (the lookahead chose 0, or an n-gram found no match) and
     the verifier decoded alone. The accepted-length histogram counts accepted proposed tokens per round with
-    a proposal, without the verifier's token; the block-length histogram counts the lengths asked for.
+    a proposal, without the verifier's token; the block-length histogram counts the lengths asked for, and,
+    for a generation decoded together with others, by the number of sequences in its round.
     These are the stage's only counters: `lookahead` shows the policy's report with them.
     """
 
@@ -29,6 +30,7 @@ class StageStats:
     policy: dict[str, object] = field(default_factory=dict)  # the lookahead policy's summary(), see lookahead
     accepted_lengths: Counter[int] = field(default_factory=Counter)
     block_lengths: Counter[int] = field(default_factory=Counter)
+    by_batch: dict[int, Counter[int]] = field(default_factory=dict)  # sequences decoded together -> k counts
 
     @property
     def lookahead(self) -> dict[str, object]:
@@ -48,9 +50,10 @@ class StageStats:
             **self.policy,
         }
 
-    def record(self, proposed: int, accepted: int, requested: int) -> None:
+    def record(self, proposed: int, accepted: int, requested: int, batch: int = 1) -> None:
         self.rounds += 1
         self.block_lengths[requested] += 1
+        self.by_batch.setdefault(batch, Counter())[requested] += 1
         if proposed == 0:
             self.skipped += 1
             return
@@ -97,6 +100,15 @@ class StageStats:
             "mean_accepted_length": round(self.accepted / speculated, 3) if speculated else None,
             "accepted_length_histogram": dict(sorted(self.accepted_lengths.items())),
             "block_length_histogram": dict(sorted(self.block_lengths.items())),
+            **(
+                {  # only for a generation decoded together with others
+                    "block_lengths_by_batch": {
+                        b: dict(sorted(ks.items())) for b, ks in sorted(self.by_batch.items())
+                    }
+                }
+                if set(self.by_batch) - {1}
+                else {}
+            ),
             "lookahead": self.lookahead,
         }
 

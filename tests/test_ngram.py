@@ -7,6 +7,7 @@ import random
 import pytest
 
 from edge_spec.proposers import Block, NgramProposer
+from edge_spec.steps import serve
 
 
 def reference(seq: list[int], n: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
@@ -44,7 +45,7 @@ def reference(seq: list[int], n: int, max_ngram: int = 3, min_ngram: int = 1) ->
 )
 def test_propose(seq: list[int], n: int, expected: list[int]) -> None:
     before = list(seq)
-    block = NgramProposer().propose(seq, n)
+    block = serve(NgramProposer().propose(seq, n))
     assert isinstance(block, Block)
     assert block.tokens == expected
     assert all(type(t) is int for t in block.tokens)
@@ -65,7 +66,8 @@ def test_propose(seq: list[int], n: int, expected: list[int]) -> None:
     ],
 )
 def test_ngram_size_limits(max_ngram: int, min_ngram: int, seq: list[int], expected: list[int]) -> None:
-    assert NgramProposer(max_ngram=max_ngram, min_ngram=min_ngram).propose(seq, 3).tokens == expected
+    proposer = NgramProposer(max_ngram=max_ngram, min_ngram=min_ngram)
+    assert serve(proposer.propose(seq, 3)).tokens == expected
 
 
 def test_name() -> None:
@@ -80,7 +82,7 @@ def test_matches_a_plain_python_reference(max_ngram: int, min_ngram: int) -> Non
         vocab = rng.randint(2, 8)
         seq = [rng.randrange(vocab) for _ in range(rng.randint(0, 40))]
         n = rng.randint(0, 8)
-        block = proposer.propose(seq, n)
+        block = serve(proposer.propose(seq, n))
         assert block.tokens == reference(seq, n, max_ngram, min_ngram), (seq, n)
         assert len(block.tokens) <= n
         assert block.logits is None

@@ -18,6 +18,7 @@ from edge_spec.lookahead import BLIND_K
 from edge_spec.proposers import ROUND_LAG, ModelDrafter
 from edge_spec.pyramid import StageConfig
 from edge_spec.sampling import SamplingConfig, warp
+from edge_spec.steps import serve
 
 # f32 KV cache without flash attention: batched and single-token decodes agree to ~1e-5, so exact token
 # equality is a fair demand (README, notes on llama.cpp: its default kernels differ at near-ties).
@@ -312,9 +313,9 @@ def test_a_drafter_that_sat_out_rounds_catches_up_in_one_batch(tiers: dict[str, 
     tier.reset()
     tier.score(seq[:10], 1)
     drafter = ModelDrafter(tier, SamplingConfig())
-    drafter.catch_up(seq[: 10 + ROUND_LAG])
+    serve(drafter.catch_up(seq[: 10 + ROUND_LAG]))
     assert tier.n_past == 10 and tier.missing(seq[: 10 + ROUND_LAG]) == ROUND_LAG
-    drafter.catch_up(seq)
+    serve(drafter.catch_up(seq))
     assert tier.n_past == len(seq) - 1 and tier.missing(seq) == 1  # the last token: the first draft's decode
 
 
