@@ -1,8 +1,10 @@
 """The tier backend: the only module that imports llama_cpp.
 
-A `Tier` owns one GGUF model and one llama.cpp context. It decodes token blocks in one batch and hands
-back logits rows as zero-copy numpy views, rolls its KV cache back to a position, tokenizes and renders
-tokens to bytes. The position of the next token (`n_past`) lives here and nowhere else.
+A `Tier` owns one GGUF model and one llama.cpp context holding `n_seq` sequences (ids 0..n_seq-1, each
+with its own n_ctx cells). It decodes token blocks in one batch, or blocks of several sequences in one batch
+(`score_many`), and hands back logits rows as zero-copy numpy views, rolls a sequence's KV cache back to a
+position, tokenizes and renders tokens to bytes. Each sequence's cached tokens, hence the position of its
+next token, live here and nowhere else.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ makes batched and single-token decodes agree to ~1e-5, for exactness checks."""
 
 MAX_THREADS = 512
 """The most CPU threads llama.cpp runs (GGML_MAX_N_THREADS)."""
+
+MAX_SEQUENCES = 256
+"""The most sequences one llama.cpp context holds (LLAMA_MAX_SEQ)."""
 
 VOCAB_MAX_SIZE_DIFFERENCE = 128
 """llama.cpp's limit on the vocabulary size difference between a draft and its target."""
@@ -184,12 +189,13 @@ class TierConfig:
 
     n_ctx: int = options.default(
         "ctx"
-    )  # context window in tokens (prompt + generated); capped at training length
+    )  # context per sequence (prompt + generated); capped at training length
     n_batch: int = options.default("batch")  # most tokens per llama_decode call; longer inputs are split
     n_gpu_layers: int = -1  # layers offloaded to the GPU; -1 = all when a GPU backend exists, else none
     cache_type: str = "f16"  # KV cache type: f16 | q8_0 | q4_0 | f32
     flash_attn: bool | None = None  # None = llama.cpp decides (forced on for a quantized KV cache)
     n_threads: int = 0  # CPU threads; 0 = all cores this process may use
+    n_seq: int = 1  # sequences the context holds, each with n_ctx positions of its own
 
     def __post_init__(self) -> None:
         if self.n_ctx < 16:
@@ -204,6 +210,15 @@ class TierConfig:
             raise ConfigError(f"a {self.cache_type} KV cache needs flash attention; drop --no-flash-attn")
         if self.n_gpu_layers < -1:
             raise ConfigError(f"GPU layers (--gpu-layers) must be -1 (all) or >= 0, got {self.n_gpu_layers}")
+        if not 1 <= self.n_seq <= MAX_SEQUENCES:
+            raise ConfigError(
+                f"parallel sequences (--parallel) must be 1 to {MAX_SEQUENCES}, got {self.n_seq}"
+            )
+        if self.n_batch < self.n_seq:  # llama.cpp aborts the process on it (a logits row per sequence)
+            raise ConfigError(
+                f"batch size (--batch) must be at least the parallel sequences (--parallel), "
+                f"got {self.n_batch} < {self.n_seq}"
+            )
 
 
 def _check_gguf_file(path: Path) -> None:
@@ -270,20 +285,25 @@ class Tier:
         self.n_vocab: int = lc.llama_vocab_n_tokens(self._vocab)
         self.n_layer: int = lc.llama_model_n_layer(self._model)
         self.n_gpu_layers = min(self.n_gpu_layers, self.n_layer + 1)
-        self.cached: list[int] = []
-        """The tokens held in the KV cache, by position; the next decoded token takes len(cached)."""
+        self.caches: list[list[int]] = [[] for _ in range(self.n_seq)]
+        """Per sequence id, its cached tokens by position; its next token takes position len(caches[seq])."""
         self.decode_seconds = 0.0
         """Wall time spent inside llama_decode since load."""
+        self.last_batch_tokens = 0
+        """Tokens the latest decode / score / score_many call decoded, over all its llama_decode calls."""
 
     def _open_context(self) -> None:
         cfg = self.config
         n_ctx_train = lc.llama_model_n_ctx_train(self._model)
         self.n_ctx: int = min(cfg.n_ctx, n_ctx_train) if n_ctx_train > 0 else cfg.n_ctx
-        self.n_batch: int = min(cfg.n_batch, self.n_ctx)
+        """Positions per sequence."""
+        self.n_seq: int = cfg.n_seq
+        self.n_batch: int = min(cfg.n_batch, self.n_ctx * self.n_seq)
         cparams = lc.llama_context_default_params()
-        cparams.n_ctx = self.n_ctx
+        cparams.n_ctx = self.n_ctx * self.n_seq
         cparams.n_batch = cparams.n_ubatch = self.n_batch
-        cparams.n_seq_max = 1
+        cparams.n_seq_max = self.n_seq
+        cparams.kv_unified = False  # one KV stream per sequence: each gets its own n_ctx cells
         self.n_threads: int = cfg.n_threads or usable_cores()
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
         cparams.type_k = cparams.type_v = CACHE_TYPES[cfg.cache_type]
@@ -297,15 +317,37 @@ class Tier:
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise ModelError(
-                f"llama.cpp could not create a {self.n_ctx}-token context for {self.path}" + _llama_error()
+                f"llama.cpp could not create a {self.n_ctx}-token context"
+                + (f" x {self.n_seq} sequences" if self.n_seq > 1 else "")
+                + f" for {self.path}{_llama_error()}"
+            )
+        if lc.llama_n_ctx_seq(self._ctx) < self.n_ctx:
+            raise ModelError(
+                f"llama.cpp gave each sequence {lc.llama_n_ctx_seq(self._ctx)} positions, not {self.n_ctx}"
             )
         self._memory = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
 
     @property
+    def cached(self) -> list[int]:
+        """Sequence 0's cached tokens (`caches[0]`)."""
+        return self.caches[0]
+
+    @property
     def n_past(self) -> int:
-        """Positions held in the KV cache."""
-        return len(self.cached)
+        """Positions sequence 0 holds in the KV cache."""
+        return len(self.caches[0])
+
+    def past(self, seq: int) -> int:
+        """Positions sequence `seq` holds in the KV cache."""
+        return len(self._cache(seq))
+
+    def _cache(self, seq: int) -> list[int]:
+        if not 0 <= seq < self.n_seq:
+            raise ValueError(
+                f"sequence id {seq} is out of range: this tier holds {self.n_seq} (0..{self.n_seq - 1})"
+            )
+        return self.caches[seq]
 
     # ---- decoding --------------------------------------------------------------------------------
 
@@ -313,82 +355,188 @@ class Tier:
         if self._ctx is None:
             raise EdgeSpecError(f"{self.path.name}: this tier was closed")
 
-    def decode(self, tokens: Sequence[int], n_logits: int = 1) -> np.ndarray:
-        """Append `tokens` at n_past in as few llama_decode calls as n_batch allows.
+    def decode(self, tokens: Sequence[int], n_logits: int = 1, *, seq: int = 0) -> np.ndarray:
+        """Append `tokens` to sequence `seq` in as few llama_decode calls as n_batch allows.
 
         Returns the logits rows of the last `n_logits` tokens, shape [n_logits, n_vocab] float32: a read-only
         view into llama.cpp memory, valid until this tier decodes again or is closed (copy what must
-        outlive that).
+        outlive that). A failure (or Ctrl-C) leaves the sequence as it was.
         """
         self._require_open()
+        cache = self._cache(seq)
         n = len(tokens)
         if n == 0 or not 1 <= n_logits <= n:
             raise ValueError(f"decode needs 1 <= n_logits <= len(tokens), got {n_logits} for {n} tokens")
         if n_logits > self.n_batch:
             raise ValueError(f"cannot return {n_logits} logits rows with n_batch {self.n_batch}")
-        if self.n_past + n > self.n_ctx:
-            raise ContextOverflowError(
-                f"{self.n_past + n} tokens do not fit in the {self.n_ctx}-token context; "
-                "shorten the prompt or raise --ctx"
-            )
-        start_past = self.n_past
+        start_past = len(cache)
+        if start_past + n > self.n_ctx:
+            raise self._overflow(start_past + n, seq)
         tail = max(n_logits, (n - 1) % self.n_batch + 1)  # the last chunk holds every row we return
         try:
             for s in range(0, n - tail, self.n_batch):
-                self._decode_chunk(tokens[s : min(s + self.n_batch, n - tail)], 0)
-            self._decode_chunk(tokens[n - tail :], n_logits)
+                self._decode_chunk(tokens[s : min(s + self.n_batch, n - tail)], 0, seq, cache)
+            self._decode_chunk(tokens[n - tail :], n_logits, seq, cache)
         except BaseException:  # a failed chunk or Ctrl-C: leave the cache as it was before this call
-            lc.llama_memory_seq_rm(self._memory, 0, start_past, -1)
-            del self.cached[start_past:]
+            lc.llama_memory_seq_rm(self._memory, seq, start_past, -1)
+            del cache[start_past:]
             raise
-        ptr = lc.llama_get_logits(self._ctx)
-        rows = np.ctypeslib.as_array(ptr, shape=(n_logits, self.n_vocab))
-        rows.flags.writeable = False
-        return rows
+        self.last_batch_tokens = n
+        return self._rows(n_logits)
 
-    def missing(self, sequence: list[int]) -> int:
-        """Tokens of `sequence` beyond the prefix the KV cache shares with it (what `score` would decode)."""
-        return len(sequence) - _common_prefix(self.cached, sequence)
+    def missing(self, sequence: list[int], *, seq: int = 0) -> int:
+        """Tokens of `sequence` beyond the prefix sequence `seq`'s cache shares with it (what `score` would
+        decode)."""
+        return len(sequence) - _common_prefix(self._cache(seq), sequence)
 
-    def score(self, sequence: list[int], n_logits: int = 1) -> np.ndarray:
-        """Logits after each of the last `n_logits` tokens of `sequence`, reusing the cached prefix it shares
-        with the KV cache and rolling back the rest. Returns a view as `decode` does."""
-        keep = min(_common_prefix(self.cached, sequence), len(sequence) - n_logits)
+    def score(self, sequence: list[int], n_logits: int = 1, *, seq: int = 0) -> np.ndarray:
+        """Logits after each of the last `n_logits` tokens of `sequence`, reusing the prefix it shares with
+        sequence `seq`'s cache and rolling back the rest. Returns a view as `decode` does. Sequence 0 takes
+        this single-sequence path; another is `score_many` with one request."""
+        if seq:
+            return self.score_many([(seq, sequence, n_logits)])[0]
+        keep = min(_common_prefix(self.caches[0], sequence), len(sequence) - n_logits)
         self.truncate(keep)
         return self.decode(sequence[keep:], n_logits)
 
-    def _decode_chunk(self, tokens: Sequence[int], n_logits: int) -> None:
-        batch, n, pos0 = self._batch, len(tokens), len(self.cached)
-        first_logit = n - n_logits
-        for i, tok in enumerate(tokens):
+    def score_many(self, requests: Sequence[tuple[int, Sequence[int], int]]) -> list[np.ndarray]:
+        """`score` for several sequences at once: each request is (seq, sequence, n_logits), one per seq id.
+
+        Each sequence keeps min(its common prefix with `sequence`, len(sequence) - n_logits) cached tokens
+        and the rest of every request is decoded together, in one llama_decode call when the total fits in
+        n_batch, else greedily filled calls of at most n_batch tokens, in seq id order (consecutive ids with
+        equal token counts make one llama.cpp ubatch), with each request's logits rows in one call.
+        Returns, per request in order, its [n_logits, n_vocab] float32 rows: read-only views as `decode`
+        returns for rows of the last call, copies for rows of earlier calls.
+
+        Every request is checked before any cache changes (ValueError, ContextOverflowError). A failed call
+        (or Ctrl-C) leaves every sequence at the prefix it kept: as it was, unless the call rolled it back.
+        """
+        self._require_open()
+        jobs = []  # (seq, cache, sequence, keep, n_logits)
+        for seq, sequence, n_logits in requests:
+            cache = self._cache(seq)
+            n = len(sequence)
+            if not 1 <= n_logits <= min(n, self.n_batch):
+                raise ValueError(
+                    f"score_many needs 1 <= n_logits <= min(len(sequence), n_batch {self.n_batch}), "
+                    f"got {n_logits} for {n} tokens of sequence {seq}"
+                )
+            if n > self.n_ctx:
+                raise self._overflow(n, seq)
+            tokens = sequence if isinstance(sequence, list) else list(sequence)
+            jobs.append((seq, cache, tokens, min(_common_prefix(cache, tokens), n - n_logits), n_logits))
+        if len({job[0] for job in jobs}) < len(jobs):
+            raise ValueError("score_many takes at most one request per sequence id")
+        if not jobs:
+            self.last_batch_tokens = 0
+            return []
+        order = sorted(range(len(jobs)), key=lambda r: jobs[r][0])
+        calls: list[list[tuple[int, int, list[int], int, int]]] = [[]]  # (request, seq, tokens, pos0, rows)
+        room = self.n_batch
+        for r in order:
+            seq, cache, tokens, start, n_logits = jobs[r]
+            self.truncate(start, seq=seq)
+            n = len(tokens)
+            while start < n:
+                end = min(n, start + room)
+                if n - n_logits < end < n:  # the logits rows stay together, in the next call
+                    end = n - n_logits
+                if end == start:
+                    calls.append([])
+                    room = self.n_batch
+                    continue
+                calls[-1].append((r, seq, tokens[start:end], start, n_logits if end == n else 0))
+                room -= end - start
+                start = end
+        out: list[np.ndarray] = [np.empty(0)] * len(jobs)
+        try:
+            for i, call in enumerate(calls):
+                row = 0
+                for _, seq, tokens, pos0, n_rows in call:
+                    row = self._fill(row, seq, tokens, pos0, n_rows)
+                self._run(row)
+                last = i == len(calls) - 1
+                rows, first = self._rows(sum(piece[4] for piece in call)), 0
+                for r, *_, n_rows in call:
+                    if n_rows:
+                        out[r] = rows[first : first + n_rows] if last else rows[first : first + n_rows].copy()
+                        first += n_rows
+        except BaseException:  # a failed call or Ctrl-C: every sequence back to the prefix it kept
+            for seq, cache, _, keep, _ in jobs:
+                lc.llama_memory_seq_rm(self._memory, seq, keep, -1)
+                del cache[keep:]
+            raise
+        for _, cache, tokens, keep, _ in jobs:
+            cache.extend(tokens[keep:])
+        self.last_batch_tokens = sum(len(tokens) - keep for _, _, tokens, keep, _ in jobs)
+        return out
+
+    def _overflow(self, n_tokens: int, seq: int) -> ContextOverflowError:
+        where = f" of sequence {seq}" if self.n_seq > 1 else ""
+        return ContextOverflowError(
+            f"{n_tokens} tokens do not fit in the {self.n_ctx}-token context{where}; "
+            "shorten the prompt or raise --ctx"
+        )
+
+    def _decode_chunk(self, tokens: Sequence[int], n_logits: int, seq: int, cache: list[int]) -> None:
+        self._run(self._fill(0, seq, tokens, len(cache), n_logits))
+        cache.extend(tokens)
+
+    def _fill(self, row: int, seq: int, tokens: Sequence[int], pos0: int, n_logits: int) -> int:
+        """Put `tokens` of sequence `seq` (positions from pos0) in the batch from `row`, with logits on the
+        last `n_logits`; returns the next free row."""
+        batch = self._batch
+        first_logit = row + len(tokens) - n_logits
+        pos0 -= row
+        for i, tok in enumerate(tokens, row):
             batch.token[i] = tok
             batch.pos[i] = pos0 + i
             batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
+            batch.seq_id[i][0] = seq
             batch.logits[i] = i >= first_logit
-        batch.n_tokens = n
+        return row + len(tokens)
+
+    def _run(self, n_tokens: int) -> None:
+        """One llama_decode of the batch's first `n_tokens` rows."""
+        batch = self._batch
+        batch.n_tokens = n_tokens
         t0 = time.perf_counter()
         rc = lc.llama_decode(self._ctx, batch)
         self.decode_seconds += time.perf_counter() - t0
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}{_llama_error()}")
-        self.cached.extend(tokens)
 
-    def truncate(self, n_past: int) -> None:
-        """Drop every cached position >= n_past (roll back rejected tokens)."""
+    def _rows(self, n_rows: int) -> np.ndarray:
+        """The latest llama_decode's logits rows, in batch order: a read-only view."""
+        rows = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(n_rows, self.n_vocab))
+        rows.flags.writeable = False
+        return rows
+
+    def truncate(self, n_past: int, *, seq: int = 0) -> None:
+        """Drop every position >= n_past of sequence `seq` (roll back rejected tokens)."""
         self._require_open()
-        if not 0 <= n_past <= self.n_past:
-            raise ValueError(f"cannot truncate to {n_past}: the cache holds {self.n_past} positions")
-        if n_past < self.n_past:
-            if not lc.llama_memory_seq_rm(self._memory, 0, n_past, -1):
+        cache = self._cache(seq)
+        if not 0 <= n_past <= len(cache):
+            raise ValueError(f"cannot truncate to {n_past}: the cache holds {len(cache)} positions")
+        if n_past < len(cache):
+            if not lc.llama_memory_seq_rm(self._memory, seq, n_past, -1):
                 raise RuntimeError(f"{self.path.name}: this model's cache cannot be rolled back")
-            del self.cached[n_past:]
+            del cache[n_past:]
+
+    def forget(self, seq: int) -> None:
+        """Forget sequence `seq` (start a new generation in it), leaving the others."""
+        self._require_open()
+        cache = self._cache(seq)
+        lc.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        cache.clear()
 
     def reset(self) -> None:
-        """Forget the whole context (start a new generation)."""
+        """Forget every sequence."""
         self._require_open()
         lc.llama_memory_clear(self._memory, True)
-        self.cached.clear()
+        for cache in self.caches:
+            cache.clear()
 
     # ---- tokens and text -------------------------------------------------------------------------
 
