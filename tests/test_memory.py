@@ -12,7 +12,7 @@ from tiny_gguf import write_tiny_model
 from edge_spec.backend import TierConfig, measure_allocation
 from edge_spec.cli import main
 from edge_spec.errors import ConfigError
-from edge_spec.memory import GIB, MIB, ModelShape, parse_size, plan, read_shape
+from edge_spec.memory import GIB, MIB, ModelShape, max_parallel, output_rows, parse_size, plan, read_shape
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,18 @@ def test_predictions_match_llama_cpp(
     kv = sum(v for k, v in actual.items() if k.startswith("KV:"))
     assert shape.weight_bytes == pytest.approx(actual["weights"], rel=0.10)
     assert shape.kv_bytes(n_ctx, cache) == pytest.approx(kv, rel=0.10)
+
+
+@pytest.mark.parametrize(("n_ctx", "n_seq", "cache"), [(512, 2, "f16"), (256, 4, "q8_0"), (300, 3, "f32")])
+def test_predictions_match_llama_cpp_for_sequences(
+    wide_model: Path, n_ctx: int, n_seq: int, cache: str
+) -> None:
+    shape = read_shape(wide_model)
+    config = TierConfig(n_ctx=n_ctx, n_seq=n_seq, cache_type=cache, n_gpu_layers=0)
+    actual = measure_allocation(wide_model, config)
+    kv = sum(v for k, v in actual.items() if k.startswith("KV:"))
+    assert shape.kv_bytes(n_ctx, cache, n_seq=n_seq) == pytest.approx(kv, rel=0.01)  # 300 -> 512 cells each
+    assert shape.kv_bytes(n_ctx, cache, n_seq=n_seq) == n_seq * shape.kv_bytes(n_ctx, cache)
 
 
 def test_read_shape(tiny_target: Path) -> None:
@@ -127,3 +139,67 @@ def test_cli_plan_with_candidate_drafts(tiny_target: Path, tiny_noisy: Path, tin
     roles = [line.split()[0:2] for line in ok.output.splitlines() if line.startswith("draft")]
     assert roles == [["draft", "2"], ["draft", "noisy.gguf"]]
     assert "same.gguf" in ok.output
+
+
+def test_output_rows() -> None:
+    assert output_rows(1, 512) == output_rows(1, 8) == 32  # one sequence: as before
+    assert output_rows(4, 512) == 128 and output_rows(64, 512) == 512  # a block each, one decode at most
+    assert output_rows(4, 16) == 32
+
+
+def test_plan_counts_every_sequence() -> None:
+    shapes = {"target": _shape(), "draft": _shape(4)}
+    one = plan(shapes, 8 * GIB, n_ctx=4096, device="cpu")
+    four = plan(shapes, 8 * GIB, n_ctx=4096, device="cpu", n_seq=4)
+    kv = _shape().kv_bytes(4096, "f16") + _shape(4).kv_bytes(4096, "f16")
+    more_rows = 2 * 4 * 1000 * (128 - 32)  # two tiers, 1000-token vocabulary, float32
+    assert sum(t.host_bytes for t in four.tiers) - sum(t.host_bytes for t in one.tiers) == 3 * kv + more_rows
+    assert (four.n_ctx, four.cache_type, four.n_seq) == (4096, "f16", 4)
+    assert "context 4096 tokens x 4 sequences, KV cache f16;" in four.table()
+    assert "context 4096 tokens, KV cache f16;" in one.table()
+
+
+def test_plan_batch_holds_tokens_of_every_sequence() -> None:
+    small = {"target": _shape(2, MIB)}
+    one, two = (plan(small, 8 * GIB, n_ctx=256, n_batch=512, device="cpu", n_seq=n) for n in (1, 2))
+    kv = _shape(2, MIB).kv_bytes(256, "f16")
+    compute = 4 * (512 - 256) * (1000 + 4 * 1024)  # a batch of 512 tokens, not 256
+    rows = 4 * 1000 * (64 - 32)
+    assert two.tiers[0].host_bytes - one.tiers[0].host_bytes == kv + compute + rows
+
+
+def test_plan_shrinks_the_context_of_each_sequence() -> None:
+    kv_heavy = replace(_shape(2, MIB), kv_width=(64 * 1024,) * 2)  # 256 KiB of f16 KV per position
+    contexts = [
+        plan({"target": kv_heavy}, 2 * GIB, n_ctx=32768, device="cpu", n_seq=n).n_ctx for n in (1, 2, 4)
+    ]
+    assert contexts == [16384, 8192, 4096]  # the same q4_0 KV cache, shared out
+    assert plan({"target": kv_heavy}, 2 * GIB, n_ctx=4096, device="cpu", cache_type="f16").cache_type == "f16"
+
+
+def test_max_parallel_on_cpu() -> None:
+    # 1 GiB leaves 512 MiB usable: weights 4 MiB, compute 9.95 MiB (512-token batch), output buffer 1.95 MiB
+    # (512 rows), 16 MiB of f16 KV cache per 4096-token sequence: 31 sequences (511.9 MiB), not 32.
+    small = {"target": _shape(2, MIB)}
+    assert max_parallel(small, GIB, n_ctx=4096, device="cpu", most=64) == 31
+    assert max_parallel(small, GIB, n_ctx=4096, device="cpu", most=8) == 8
+    assert max_parallel(small, GIB, n_ctx=4096, n_batch=16, device="cpu", most=64) == 16  # a row each
+    # a q4_0 cache: 4.5 MiB per sequence, floor(496.1 / 4.5) = 110
+    assert max_parallel(small, GIB, n_ctx=4096, device="cpu", cache_type="q4_0", most=256) == 110
+    kv_heavy = replace(_shape(2, MIB), kv_width=(64 * 1024,) * 2)  # a second sequence would halve the context
+    assert max_parallel({"target": kv_heavy}, 2 * GIB, n_ctx=32768, device="cpu", most=64) == 1
+    with pytest.raises(ConfigError, match="do not fit"):
+        max_parallel({"target": _shape()}, GIB, device="cpu", most=4)
+
+
+def test_max_parallel_on_gpu_keeps_the_one_sequence_placement() -> None:
+    shapes = {"target": _shape(), "draft": _shape(4)}
+    # 2560 MiB usable; both tiers whole on the GPU take 1421.9 MiB plus 112 MiB of f16 KV per sequence
+    # (8 MiB per layer at 4096 tokens): 10 sequences, where an 11th would need a q8_0 cache.
+    n = max_parallel(shapes, 3 * GIB, n_ctx=4096, device="gpu", most=64)
+    assert n == 10
+    at_most = plan(shapes, 3 * GIB, n_ctx=4096, device="gpu", n_seq=n)
+    assert (at_most.cache_type, [t.gpu_layers for t in at_most.tiers]) == ("f16", [5, 11])
+    assert plan(shapes, 3 * GIB, n_ctx=4096, device="gpu", n_seq=n + 1).cache_type == "q8_0"
+    # At 1.7 GiB a second sequence keeps the layers but costs the f16 cache: one sequence.
+    assert max_parallel(shapes, int(1.7 * GIB), n_ctx=4096, device="gpu", most=64) == 1
