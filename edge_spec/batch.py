@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,9 +306,9 @@ def run(
     defaults: Mapping[str, Any],
     progress: bool = True,
 ) -> Report:
-    """Generate every job that has no record in `out` yet, appending one record each as it finishes
-    (lines that cannot be generated first, then the others, `Pyramid.parallel` at a time, in input order
-    when one at a time); the file is put back in input order at the end. `load` is called once, and only
+    """Generate every job that has no record in `out` yet, `Pyramid.parallel` at a time, appending one
+    record each as it finishes (in input order when one at a time); the file is put back in input order
+    at the end. `load` is called once, and only
     when something is left to generate; `defaults` are the options of `Pyramid.generate` that a line's
     own settings override. A failing line never stops the run."""
     done = out.done()
@@ -335,13 +335,21 @@ def run(
         bar.set_postfix_str(f"{report.tokens / max(report.seconds, 1e-9):.1f} tok/s{failed}", refresh=False)
         bar.update()
 
-    try:
+    def work() -> Iterator[tuple[Job, Any, dict[str, Any]]]:
+        """The jobs to generate, in input order; a job that cannot be generated gets its record when it is
+        reached (so a run decoding one line at a time writes every record in input order)."""
         for job in todo:
             if job.error is not None:
                 write(job, None)
-        if pyr is not None:
-            work = ((job, job.prompt, {**defaults, **job.settings}) for job in todo if job.error is None)
-            for job, outcome in pyr.generate_each(work):
+            else:
+                yield job, job.prompt, {**defaults, **job.settings}
+
+    try:
+        if pyr is None:
+            for _ in work():
+                pass
+        else:
+            for job, outcome in pyr.generate_each(work()):
                 write(job, outcome)
     finally:
         bar.close()

@@ -266,6 +266,8 @@ def batch(in_path: Path, out_path: Path, **o: Any) -> None:
         from edge_spec.backend import gpu_available
 
         n = batching.default_parallel(len(jobs), gpu_available())
+        if settings.budget is not None:  # no more than the budget holds beside the one-sequence placement
+            n = min(n, _fitting(_settings_plan(settings), settings.load.batch))
         settings = dataclasses.replace(settings, load=dataclasses.replace(settings.load, parallel=n))
 
     def load(placed: Settings) -> Pyramid:
@@ -366,7 +368,39 @@ def _plan(o: Mapping[str, Any], device: str = "auto") -> Any:
         from edge_spec.backend import gpu_available
 
         device = "gpu" if gpu_available() else "cpu"
-    return plan(shapes, budget, o["ctx"], o["batch"], device)
+    return plan(shapes, budget, o["ctx"], o["batch"], device, n_seq=o.get("parallel") or 1)
+
+
+def _fitting(placement: Any, n_batch: int) -> int:
+    """The most sequences (--parallel) that `placement`'s budget holds with its context and cache type."""
+    from edge_spec.backend import MAX_SEQUENCES
+    from edge_spec.memory import max_parallel
+
+    shapes = {t.role: t.shape for t in placement.tiers}
+    return max_parallel(
+        shapes,
+        placement.budget,
+        placement.n_ctx,
+        n_batch,
+        placement.device,
+        most=MAX_SEQUENCES,
+        cache_type=placement.cache_type,
+    )
+
+
+def _settings_plan(s: Settings) -> Any:
+    """The memory plan of the settings' budget, tiers, context, batch and --parallel."""
+    return _plan(
+        {
+            "target_ref": s.target,
+            "draft_ref": s.drafts or (options.NO_DRAFT,),
+            "qualifier_ref": s.qualifier,
+            "budget": s.budget,
+            "ctx": s.load.ctx,
+            "batch": s.load.batch,
+            "parallel": s.load.parallel,
+        }
+    )
 
 
 def _placed(s: Settings) -> Settings:
@@ -374,12 +408,7 @@ def _placed(s: Settings) -> Settings:
     budget (the settings as they are without one); the plan is printed on stderr."""
     if s.budget is None:
         return s
-    refs = {
-        "target_ref": s.target,
-        "draft_ref": s.drafts or (options.NO_DRAFT,),
-        "qualifier_ref": s.qualifier,
-    }
-    placement = _plan({**refs, "budget": s.budget, "ctx": s.load.ctx, "batch": s.load.batch})
+    placement = _settings_plan(s)
     load = dataclasses.replace(s.load, ctx=placement.n_ctx, cache_type=placement.cache_type)
     base = load.tier_config()
     configs = {t.role: dataclasses.replace(base, n_gpu_layers=t.gpu_layers) for t in placement.tiers}
@@ -396,7 +425,7 @@ def _placed(s: Settings) -> Settings:
 
 @main.command("plan")
 @click_option("budget", required=True)
-@click_options("preset", *options.MODELS, "ctx", "batch")
+@click_options("preset", *options.MODELS, "ctx", "batch", "parallel")
 @click.option(
     "--device",
     default="auto",
@@ -407,8 +436,12 @@ def _placed(s: Settings) -> Settings:
 @_clean_errors
 def plan_command(**o: Any) -> None:
     """Place the tiers in a memory budget: GPU layers per tier, context, KV cache type. Exits 2 when nothing
-    fits, naming the smallest placement and the budget it needs."""
-    click.echo(_plan(_with_preset(o), o["device"]).table())
+    fits, naming the smallest placement and the budget it needs; then says how many sequences (--parallel)
+    fit with that context and cache type."""
+    placement = _plan(_with_preset(o), o["device"])
+    click.echo(placement.table())
+    most = _fitting(placement, o["batch"])
+    click.echo(f"--parallel: up to {most} sequence(s) of {placement.n_ctx} tokens fit this budget")
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""The server's slots: loaded pyramids handed to requests first come, first served.
+"""The server's slots: the right to generate, handed to requests first come, first served. Slots are
+pyramids, or one pyramid listed N times when it decodes N sequences together (`Pyramid.parallel`).
 
 Rules: a request waits until a slot is free; slots go to waiting requests strictly in arrival order (a
 request arriving while others wait queues behind them, even if a slot is free at that instant); a request
@@ -25,13 +26,14 @@ class Slot:
     pyramid: Pyramid
 
     def reusable(self, prompt_ids: Sequence[int]) -> int:
-        """Prompt tokens (all but the last, which the first round decodes) already in the target's cache."""
-        head = list(prompt_ids[:-1])
-        return len(head) - self.pyramid.target.missing(head)
+        """Prompt tokens (all but the last, which the first round decodes) already in the target's cache
+        (the sequence sharing the most, when it holds several)."""
+        head, target = list(prompt_ids[:-1]), self.pyramid.target
+        return len(head) - min(target.missing(head, seq=s) for s in range(target.n_seq))
 
 
 class Slots:
-    """Fair, first come first served access to N pyramids."""
+    """Fair, first come first served access to N slots."""
 
     def __init__(self, pyramids: Sequence[Pyramid]) -> None:
         self.all = [Slot(i, p) for i, p in enumerate(pyramids)]

@@ -12,8 +12,8 @@ from edge_spec.slots import Slots
 
 
 def _pyramid(cached: list[int]) -> Any:
-    target = SimpleNamespace(cached=cached)
-    target.missing = lambda seq: len(seq) - _common_prefix(target.cached, seq)
+    target = SimpleNamespace(cached=cached, n_seq=1)
+    target.missing = lambda tokens, seq=0: len(tokens) - _common_prefix(target.cached, tokens)
     return SimpleNamespace(target=target)
 
 
