@@ -86,3 +86,26 @@ def test_divergences_of_real_rows_match_the_float64_definition(target: Tier) -> 
             want = [reference_divergence(p, q, kind, top_k) for p, q in zip(p_rows, q_rows, strict=True)]
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
             assert max(want) > 0.05  # different contexts: the rows really differ
+
+
+@pytest.mark.parametrize("draft", ["self", "ngram"])
+def test_sequences_decoded_together_stay_on_the_greedy_path(
+    target: Tier, model_path: Path, draft: str
+) -> None:
+    """Four prompts, three sequences decoded together (joins and leaves included), goodput sizing blocks
+    under load: every output on the target's own greedy path, checked in a one-sequence tier."""
+    together = dataclasses.replace(CONFIG, n_seq=3)
+    prompts = [
+        "List the numbers from 1 to 20, separated by commas, then say done.",
+        "What is the capital of France? Answer in one sentence.",
+        "Repeat this sentence twice: the quick brown fox jumps over the lazy dog.",
+        "Name three primary colors.",
+    ]
+    with Tier(model_path, together) as tier, Tier(model_path, together) as copy:
+        pyr = Pyramid(tier, None, copy if draft == "self" else draft, [StageConfig(lookahead="goodput")])
+        results = pyr.generate_many(prompts, max_tokens=48)
+        for prompt, out in zip(prompts, results, strict=True):
+            deficits = greedy_path_deficits(target, pyr.encode(prompt), out.token_ids)
+            assert deficits.max() < GREEDY_PATH_TOLERANCE, f"{prompt!r}: worst deficit {deficits.max():.3f}"
+            assert len(out.token_ids) > 3
+        pyr.close()
