@@ -289,8 +289,9 @@ class Tier:
         """Per sequence id, its cached tokens by position; its next token takes position len(caches[seq])."""
         self.decode_seconds = 0.0
         """Wall time spent inside llama_decode since load."""
-        self.last_batch_tokens = 0
-        """Tokens the latest decode / score / score_many call decoded, over all its llama_decode calls."""
+        self.last_decoded: list[int] = []
+        """Tokens the latest decode / score / score_many call decoded, per request (one for decode and
+        score), over all its llama_decode calls."""
 
     def _open_context(self) -> None:
         cfg = self.config
@@ -381,7 +382,7 @@ class Tier:
             lc.llama_memory_seq_rm(self._memory, seq, start_past, -1)
             del cache[start_past:]
             raise
-        self.last_batch_tokens = n
+        self.last_decoded = [n]
         return self._rows(n_logits)
 
     def missing(self, sequence: list[int], *, seq: int = 0) -> int:
@@ -429,7 +430,7 @@ class Tier:
         if len({job[0] for job in jobs}) < len(jobs):
             raise ValueError("score_many takes at most one request per sequence id")
         if not jobs:
-            self.last_batch_tokens = 0
+            self.last_decoded = []
             return []
         order = sorted(range(len(jobs)), key=lambda r: jobs[r][0])
         calls: list[list[tuple[int, int, list[int], int, int]]] = [[]]  # (request, seq, tokens, pos0, rows)
@@ -469,7 +470,7 @@ class Tier:
             raise
         for _, cache, tokens, keep, _ in jobs:
             cache.extend(tokens[keep:])
-        self.last_batch_tokens = sum(len(tokens) - keep for _, _, tokens, keep, _ in jobs)
+        self.last_decoded = [len(tokens) - keep for _, _, tokens, keep, _ in jobs]
         return out
 
     def _overflow(self, n_tokens: int, seq: int) -> ContextOverflowError:

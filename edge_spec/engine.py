@@ -89,12 +89,12 @@ class Engine:
             return ended
         tier = min((r.tier for _, r in ready), key=lambda x: self.rank[id(x)])
         batch = [(t, r) for t, r in ready if r.tier is tier]
-        own = [max(tier.missing(r.tokens, seq=r.slot), r.n_logits) for _, r in batch]  # tokens it decodes
         t0 = time.perf_counter()
         rows = tier.score_many([(r.slot, r.tokens, r.n_logits) for _, r in batch])
         seconds = time.perf_counter() - t0
+        own, total = tier.last_decoded, sum(tier.last_decoded)  # tokens each request decoded
         for (task, request), mine, r in zip(batch, own, rows, strict=True):
-            request.seconds, request.shared = seconds, sum(own) - mine
+            request.seconds, request.shared = seconds, total - mine
             self._resume(task, r, ended)
         return ended
 

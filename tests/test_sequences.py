@@ -139,7 +139,7 @@ REQUESTS = [(2, A, 3), (0, B, 1), (3, C, 2), (1, D, 4)]  # lengths 40, 12, 25, 6
 
 def test_score_many_matches_each_sequence_alone_in_one_call(tier: Tier, reference, llama_decodes) -> None:
     out = tier.score_many(REQUESTS)
-    assert llama_decodes == [40 + 12 + 25 + 6] and tier.last_batch_tokens == 83
+    assert llama_decodes == [40 + 12 + 25 + 6] and sum(tier.last_decoded) == 83
     for (seq, toks, n), rows in zip(REQUESTS, out, strict=True):
         assert rows.shape == (n, N_VOCAB) and rows.dtype == np.float32
         assert not rows.flags.writeable and not rows.flags.owndata  # views into llama.cpp's logits
@@ -163,7 +163,7 @@ def test_score_many_reuses_each_sequences_prefix(tier: Tier, reference, llama_de
     assert [tier.missing(toks, seq=s) for s, toks, _ in wanted] == [10, 0, 19, 3]
     llama_decodes.clear()
     out = tier.score_many(wanted)
-    assert llama_decodes == [10 + 5 + 19 + 4] and tier.last_batch_tokens == 38
+    assert llama_decodes == [10 + 5 + 19 + 4] and sum(tier.last_decoded) == 38
     for (_, toks, n), rows in zip(wanted, out, strict=True):
         np.testing.assert_allclose(rows, reference(toks, n), atol=ATOL)
     assert_holds(tier, reference, {s: toks for s, toks, _ in wanted})
@@ -192,9 +192,9 @@ def test_forget_clears_one_sequence(tier: Tier, reference) -> None:
 def test_decode_and_score_by_sequence(tier: Tier, reference) -> None:
     tier.decode(C[:10], seq=3)
     np.testing.assert_allclose(tier.decode(C[10:], 2, seq=3), reference(C, 2), atol=ATOL)
-    assert tier.last_batch_tokens == len(C) - 10
+    assert sum(tier.last_decoded) == len(C) - 10
     np.testing.assert_allclose(tier.score(C[:20] + B, 3, seq=3), reference(C[:20] + B, 3), atol=ATOL)
-    assert tier.last_batch_tokens == len(B)
+    assert sum(tier.last_decoded) == len(B)
     assert tier.n_past == 0 and tier.cached == []  # sequence 0 untouched
     assert_holds(tier, reference, {0: [], 3: C[:20] + B})
 
@@ -216,7 +216,7 @@ def test_score_many_over_several_llama_decode_calls(
     t.decode(B[:4], seq=1)
     llama_decodes.clear()
     out = t.score_many(requests)
-    assert llama_decodes == calls and t.last_batch_tokens == sum(calls)
+    assert llama_decodes == calls and sum(t.last_decoded) == sum(calls)
     for (seq, toks, n), rows in zip(requests, out, strict=True):
         np.testing.assert_allclose(rows, reference(toks, n), atol=ATOL)
         assert t.caches[seq] == toks
@@ -311,5 +311,5 @@ def test_sequence_ids_out_of_range(tier: Tier, method: str, seq: int) -> None:
 
 def test_score_many_of_nothing(tier: Tier) -> None:
     tier.decode(B, seq=2)
-    assert tier.score_many([]) == [] and tier.last_batch_tokens == 0
+    assert tier.score_many([]) == [] and tier.last_decoded == []
     assert tier.caches[2] == B
