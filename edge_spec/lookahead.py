@@ -1,13 +1,17 @@
 """Adaptive lookahead: how many tokens the proposer below a verifier drafts next round, and when to stop.
 
-Pure Python/numpy, no model. A policy answers three questions for one verifier stage:
+Pure Python/numpy, no model. A policy answers three questions for one verifier stage, and hears when
+the generation ends:
 
-    next_block(limit)        before a round: ask the proposer for k tokens, 0 <= k <= limit
-                             (0 = no speculation this round: the verifier decodes one token alone);
+    next_block(limit, lag)   before a round: ask the proposer for k tokens, 0 <= k <= limit
+                             (0 = no speculation this round: the verifier decodes one token alone); the
+                             proposer lacks `lag` tokens of the sequence (more than ROUND_LAG: drafting
+                             first costs it a catch-up decode);
     keep_drafting(i, p, H)   inside a model drafter's loop, after its i-th token (1-based) with top-1
                              probability p and entropy H (nats): False stops the block there, and the
                              token just drafted is kept;
-    observe(report)          after the round: what was proposed, accepted, and what it cost.
+    observe(report)          after the round: what was proposed, accepted, and what it cost;
+    finish(generated)        once, when the generation ended with `generated` new tokens.
 
 Glossary: *requested* = the k asked for; *proposed* = tokens the proposer returned (fewer when an n-gram
 has no longer match, a drafter hits end of generation, or keep_drafting stopped it); *accepted* = the
@@ -52,6 +56,8 @@ class RoundReport:
     verify_seconds: float  # wall time of the verifier's one batched decode of proposed + 1 tokens
     confidences: tuple[float, ...] = ()  # proposer's top-1 probability per proposed token, () if it has none
     shared: int = 0  # tokens of other sequences in the verifier's decode (decoded together by the engine)
+    catch_up_tokens: int = 0  # tokens the proposer lacked when it caught up before proposing (0: it did not)
+    catch_up_seconds: float = 0.0  # wall time of that catch-up (before, and not in, propose_seconds)
 
     def __post_init__(self) -> None:
         if self.requested < 0 or self.proposed < 0 or not 0 <= self.accepted <= self.proposed:
@@ -59,9 +65,16 @@ class RoundReport:
                 f"need requested >= 0 and 0 <= accepted <= proposed, got requested={self.requested}, "
                 f"proposed={self.proposed}, accepted={self.accepted}"
             )
-        if not (self.propose_seconds >= 0.0 and self.verify_seconds >= 0.0):  # also rejects NaN
+        if self.catch_up_tokens < 0 or (self.catch_up_tokens > 0 and self.requested == 0):
             raise ValueError(
-                f"round times must be >= 0, got propose={self.propose_seconds}, verify={self.verify_seconds}"
+                "a catch-up has tokens >= 0 and comes before a proposal, got "
+                f"catch_up_tokens={self.catch_up_tokens}, requested={self.requested}"
+            )
+        times = (self.propose_seconds, self.verify_seconds, self.catch_up_seconds)
+        if not all(t >= 0.0 for t in times):  # also rejects NaN
+            raise ValueError(
+                f"round times must be >= 0, got propose={self.propose_seconds}, "
+                f"verify={self.verify_seconds}, catch_up={self.catch_up_seconds}"
             )
 
 
@@ -72,8 +85,9 @@ class Lookahead(Protocol):
     name: str
     needs_confidence: bool  # whether keep_drafting reads top1/entropy (the drafter then computes a softmax)
 
-    def next_block(self, limit: int) -> int:
-        """Tokens to ask for this round, 0..limit (0 = no speculation: the verifier decodes alone)."""
+    def next_block(self, limit: int, lag: int = 0) -> int:
+        """Tokens to ask for this round, 0..limit (0 = no speculation: the verifier decodes alone); the
+        proposer lacks `lag` tokens of the sequence (only goodput weighs them)."""
         ...
 
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
@@ -82,6 +96,10 @@ class Lookahead(Protocol):
 
     def observe(self, report: RoundReport) -> None:
         """Learn from the round just verified."""
+        ...
+
+    def finish(self, generated: int) -> None:
+        """The generation ended, `generated` new tokens long (called once, by whoever runs it)."""
         ...
 
     def summary(self) -> dict[str, object]:
@@ -101,6 +119,22 @@ class Load:
 ALONE = Load()
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where the generation stands (`pyramid.Verifier.round` sets it before each round): tokens produced
+    so far, and at most how many it may still produce (None: the round's limit + 1; a stage that proposes
+    to another gets the top stage's, since its own limit is only the block asked of it)."""
+
+    produced: int = 0
+    most: int | None = None
+
+
+ROUND_LAG = 2
+"""Tokens a model proposer lacks at the start of a round when every round speculates: its last drafted
+token (never decoded) and the verifier's own token. More means it sat out rounds (lookahead 0), or has
+not read the prompt yet, and must catch up before drafting (`proposers.catch_up`)."""
+
+
 def _clamp(k: int, limit: int) -> int:
     return max(0, min(k, limit))
 
@@ -114,6 +148,7 @@ class _Policy:
     def __init__(self) -> None:
         self.early_stops = 0  # times keep_drafting returned False
         self.load = ALONE  # what the sequences decoded together with this one put into each step
+        self.progress = Progress()  # how far the generation got (set by the verifier each round)
 
     def _stop(self, keep: bool) -> bool:
         self.early_stops += not keep
@@ -121,6 +156,9 @@ class _Policy:
 
     def observe(self, report: RoundReport) -> None:
         """Nothing to learn (policies that learn override this)."""
+
+    def finish(self, generated: int) -> None:
+        """Nothing to learn from a generation's length (goodput overrides this)."""
 
     def summary(self) -> dict[str, object]:
         return {"policy": self.name, "early_stops": self.early_stops}
@@ -145,7 +183,7 @@ class Fixed(_Policy):
         self.k = k  # block length asked for every round (0 = never speculate)
         self.fallback_for = fallback_for  # the confidence policy this stands in for (see fit_to_proposer)
 
-    def next_block(self, limit: int) -> int:
+    def next_block(self, limit: int, lag: int = 0) -> int:
         return _clamp(self.k, limit)
 
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
@@ -190,7 +228,7 @@ class Confidence(_Policy):
         self.p_min = p_min  # stop after the first drafted token whose top-1 probability is below this
         self.max_block = max_block  # longest block asked for
 
-    def next_block(self, limit: int) -> int:
+    def next_block(self, limit: int, lag: int = 0) -> int:
         return _clamp(self.max_block, limit)
 
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
@@ -219,7 +257,7 @@ class Entropy(_Policy):
         self.gamma = gamma  # scale of the entropy in the acceptance bound (SVIP's gamma)
         self.max_block = max_block  # longest block asked for
 
-    def next_block(self, limit: int) -> int:
+    def next_block(self, limit: int, lag: int = 0) -> int:
         return _clamp(self.max_block, limit)
 
     def keep_drafting(self, drafted: int, top1: float, entropy: float) -> bool:
@@ -319,7 +357,7 @@ class Cumulative(_Policy):
         self.calibration = Calibration(bins, prior_weight)
         self.product = 1.0  # running product of estimates in the current block
 
-    def next_block(self, limit: int) -> int:
+    def next_block(self, limit: int, lag: int = 0) -> int:
         self.product = 1.0
         return _clamp(self.max_block, limit)
 
@@ -364,14 +402,18 @@ class CostCurve:
     Other lengths read a line y ~ b0 + b1 * x (both >= 0) fitted through the measured
     lengths' costs, weighted by their counts. With a single length the slope is not identifiable: `flat`
     decides the fallback (True: b1 = 0, b0 = that cost, a cost independent of length; False: b0 = 0,
-    b1 = cost / x, a cost per item)."""
+    b1 = cost / x, a cost per item).
+
+    A curve over lengths that rarely repeat (a catch-up's, which is as long as a prompt) keeps at most
+    `lengths` of them, those observed last."""
 
     quantile = 0.25  # of a length's recent observations (the lower order statistic), taken as its cost
     max_age = 32  # rounds of this curve after which a length's observations count as stale
 
-    def __init__(self, per_length: int, flat: bool) -> None:
+    def __init__(self, per_length: int, flat: bool, lengths: int | None = None) -> None:
         self.per_length = per_length  # observations kept at each length (the most recent)
         self.flat = flat
+        self.lengths = lengths  # most lengths kept (those observed last); None: every one
         self.samples: dict[int, deque[tuple[int, float]]] = {}  # length -> recent (round, seconds)
         self.cost_at: dict[int, float] = {}  # length -> the quantile of its samples, refreshed by add()
         self.rounds = 0  # observations ever added
@@ -383,8 +425,16 @@ class CostCurve:
         while len(ys) > 2 and ys[0][0] < self.rounds - self.max_age:
             ys.popleft()
         self.cost_at[x] = self._quantile(ys)
+        self._forget_oldest_lengths()
         self.rounds += 1
         self.coef = self._fit()
+
+    def _forget_oldest_lengths(self) -> None:
+        """Keep the `lengths` lengths observed last (all when it is None)."""
+        if self.lengths is None:
+            return
+        for x in sorted(self.samples, key=lambda v: self.samples[v][-1][0])[: -self.lengths]:
+            del self.samples[x], self.cost_at[x]
 
     def _quantile(self, ys: deque[tuple[int, float]]) -> float:
         return float(np.quantile([t for _, t in ys], self.quantile, method="lower"))
@@ -412,7 +462,8 @@ class CostCurve:
             x: float(np.quantile([t for _, t in ys], self.quantile, method="lower"))
             for x, ys in samples.items()
         }
-        self.coef = self._fit() if samples else (0.0, 0.0)
+        self._forget_oldest_lengths()
+        self.coef = self._fit() if self.samples else (0.0, 0.0)
 
     def measured(self) -> list[int]:
         """Lengths observed at least twice (their cost is measured, not read from the line)."""
@@ -455,6 +506,11 @@ PRIOR_WEIGHT = 2.0  # pseudo-observations behind that prior
 OPTIMISM = 1.0  # standard errors added to the acceptance estimates when deciding whether to draft at all
 PER_LENGTH = 8  # observations a cost curve keeps per length
 SWITCH = (16, 256)  # rounds of the best candidate between tries of another one (Choose)
+CATCH_UP_LENGTHS = 16  # lengths the catch-up cost curve keeps (those observed last)
+LENGTH_MEMORY = 0.75  # per-generation decay of the average generated length (about the last 4 weigh in)
+LEFT_FLOOR = 16  # tokens still expected of a generation that already ran past the average length
+REALIZED_MEMORY = 0.8  # per-round decay of each kind's realized sums (about its last 5 rounds weigh in)
+VETO_ROUNDS = 3.0  # rounds of evidence (faded alike) each kind needs before the realized rates may veto
 
 
 class Backoff:
@@ -562,13 +618,104 @@ class Acceptance:
         self.hits, self.trials = _counts(state, len(self.trials))
 
 
+def _amounts(state: object, n: int) -> list[float]:
+    """n finite, non-negative numbers read from a `state()` list; ValueError otherwise."""
+    if not isinstance(state, list) or len(state) != n:
+        raise ValueError(f"expected a list of {n} numbers, got {state!r}")
+    values = [float(v) for v in state]
+    if not all(0.0 <= v < 1e12 for v in values):  # also rejects NaN and infinities
+        raise ValueError(f"expected finite numbers >= 0, got {state!r}")
+    return values
+
+
+class Lengths:
+    """How long generations run: an average of their generated tokens that fades by LENGTH_MEMORY per
+    generation."""
+
+    def __init__(self) -> None:
+        self.weight = 0.0  # generations behind the average, faded
+        self.total = 0.0  # their generated tokens, faded alike
+
+    def add(self, generated: int) -> None:
+        self.weight = LENGTH_MEMORY * self.weight + 1.0
+        self.total = LENGTH_MEMORY * self.total + float(generated)
+
+    @property
+    def mean(self) -> float | None:
+        """The average generated length, None before any generation ended."""
+        return self.total / self.weight if self.weight > 0.0 else None
+
+    def state(self) -> list[float]:
+        return [self.weight, self.total]
+
+    def restore(self, state: object) -> None:
+        self.weight, self.total = _amounts(state, 2)
+
+
+class Realized:
+    """What rounds realized, the check on every cost estimate: tokens and wall seconds of the rounds the
+    rule drafted in (the tokens it expected of them, see Goodput) and of the rounds that did not draft,
+    each kind's sums fading by REALIZED_MEMORY per round of that kind, with their count of rounds (faded
+    alike)."""
+
+    def __init__(self) -> None:
+        self.drafting = np.zeros(3)  # [tokens, seconds, rounds] of rounds the rule drafted in
+        self.plain = np.zeros(3)  # [tokens, seconds, rounds] of rounds of k = 0
+        self.trial = False  # the drafting evidence was dropped (`retry`) and has not built up again
+
+    def add(self, drafted: bool, tokens: float, seconds: float) -> None:
+        sums = self.drafting if drafted else self.plain
+        sums *= REALIZED_MEMORY
+        sums += (tokens, seconds, 1.0)
+        if drafted and sums[2] >= VETO_ROUNDS:
+            self.trial = False
+
+    def charge(self, seconds: float) -> None:
+        """Add to the drafting rounds' seconds (a catch-up that the rounds after it did not pay off)."""
+        self.drafting[1] += seconds
+
+    def rate(self, drafted: bool) -> float | None:
+        """Tokens per second that kind of round realized; None before VETO_ROUNDS rounds of evidence."""
+        tokens, seconds, rounds = self.drafting if drafted else self.plain
+        return float(tokens / max(seconds, 1e-9)) if rounds >= VETO_ROUNDS else None
+
+    @property
+    def vetoes(self) -> bool:
+        """Whether drafting rounds realized fewer tokens per second than rounds without drafting."""
+        drafting, plain = self.rate(True), self.rate(False)
+        return drafting is not None and plain is not None and drafting < plain
+
+    def retry(self) -> None:
+        """Drop the drafting evidence: the rule's next drafting rounds are measured afresh."""
+        self.drafting = np.zeros(3)
+        self.trial = True
+
+    def state(self) -> dict[str, object]:
+        return {"drafting": self.drafting.tolist(), "plain": self.plain.tolist(), "trial": self.trial}
+
+    def restore(self, state: dict) -> None:
+        drafting, plain, trial = _amounts(state["drafting"], 3), _amounts(state["plain"], 3), state["trial"]
+        if not isinstance(trial, bool):
+            raise ValueError(f"bad trial flag {trial!r}")
+        self.drafting, self.plain, self.trial = np.array(drafting), np.array(plain), trial
+
+
 class Measurements:
     """What a stage measures that belongs to the machine and the pair of models more than to one
-    generation: the costs, the acceptance evidence, the calibration by the drafter's top-1, and the probe
-    back-offs (their rounds count across generations). A pyramid's generations share one (through
-    parse_lookahead's factory): each starts where the last one ended, without a warm-up, and the evidence
-    keeps fading per round, so a new kind of prompt outweighs the last one within about ten rounds.
-    `state()` / `restore()` carry them to the next process (`edge_spec.calibration`)."""
+    generation: the costs, the acceptance evidence, the calibration by the drafter's top-1, the probe
+    back-offs (their rounds count across generations), the catch-up costs, how long generations run, and
+    the realized rates. A pyramid's generations share one (through parse_lookahead's factory): each starts
+    where the last one ended, without a warm-up, and the evidence keeps fading per round, so a new kind of
+    prompt outweighs the last one within about ten rounds. `state()` / `restore()` carry them to the next
+    process (`edge_spec.calibration`).
+
+    The catch-up cost (`catch_up`) is a curve of seconds by the tokens the proposer lacked, a
+    CostCurve(PER_LENGTH, flat=False) over the CATCH_UP_LENGTHS lengths observed last. A catch-up is one
+    batched decode of what the proposer lacks, a prefill, whose cost grows about linearly with its tokens
+    from an intercept (one pass over the weights): the curve's line through its measured lengths has both.
+    Its lengths are as varied as prompts, so the line decides most predictions; while a single length
+    is known (the first prompt's), a cost per token (flat=False) extrapolates to a catch-up of a few tokens
+    after a pause far better than a flat cost, which would charge it the whole prompt's."""
 
     def __init__(self, max_block: int) -> None:
         self.max_block = max_block  # longest block the acceptance evidence covers
@@ -577,6 +724,9 @@ class Measurements:
         self.calibration = Calibration()  # acceptance by the drafter's top-1 (a model drafter's rounds)
         self.cannot_pay = Backoff(*CANNOT_PAY)  # rounds between probes while no block can pay
         self.probing = Backoff(*PROBES)  # rounds of k = 0 between probes while drafting could pay
+        self.catch_up = CostCurve(PER_LENGTH, flat=False, lengths=CATCH_UP_LENGTHS)  # seconds by lag
+        self.lengths = Lengths()  # tokens per generation
+        self.realized = Realized()  # tokens per second of rounds that drafted and of rounds that did not
 
     def state(self) -> dict[str, object]:
         """Everything measured, as plain JSON values."""
@@ -587,11 +737,15 @@ class Measurements:
             "calibration": self.calibration.state(),
             "cannot_pay": self.cannot_pay.state(),
             "probing": self.probing.state(),
+            "catch_up": self.catch_up.state(),
+            "lengths": self.lengths.state(),
+            "realized": self.realized.state(),
         }
 
     def restore(self, state: dict) -> None:
         """Take what `state()` gave, all or nothing: raises ValueError, KeyError or TypeError on anything
-        malformed, leaving these measurements as they were."""
+        malformed, leaving these measurements as they were. A state saved before catch-ups, lengths and
+        realized rates were measured (no such key) restores them empty."""
         fresh = Measurements(self.max_block)
         fresh.costs.propose.restore(state["propose"])
         fresh.costs.verify.restore(state["verify"])
@@ -599,6 +753,12 @@ class Measurements:
         fresh.calibration.restore(state["calibration"])
         fresh.cannot_pay.restore(state["cannot_pay"])
         fresh.probing.restore(state["probing"])
+        if "catch_up" in state:
+            fresh.catch_up.restore(state["catch_up"])
+        if "lengths" in state:
+            fresh.lengths.restore(state["lengths"])
+        if "realized" in state:
+            fresh.realized.restore(state["realized"])
         self.__dict__.update(fresh.__dict__)
 
     def add(self, report: RoundReport) -> None:
@@ -606,15 +766,19 @@ class Measurements:
         self.calibration.add(report.confidences[: report.proposed], report.accepted)
         self.acceptance.add(report.proposed, report.accepted)
         self.costs.add(report)
+        if report.catch_up_tokens > 0:
+            self.catch_up.add(report.catch_up_tokens, report.catch_up_seconds)
 
 
 @dataclass
 class _Round:
-    """The round under way, as keep_drafting reads it (next_block sets it)."""
+    """The round under way, as keep_drafting and observe read it (next_block sets it)."""
 
     block: int = 0  # tokens asked for
     rate: float | None = None  # the rule's predicted tokens/s for this round; None: a measurement, run whole
     reached: float = 1.0  # chance that every token drafted so far this round is accepted
+    plain: float = 0.0  # the rule's predicted tokens/s without drafting, when it chose this round
+    left: int = 1  # tokens the generation was expected still to produce when this round was chosen
 
 
 class Goodput(_Policy):
@@ -630,20 +794,63 @@ class Goodput(_Policy):
     (a_i + OPTIMISM standard errors: a few rejections must not stop drafting on thin evidence, after which
     nothing is learnt until the next probe).
 
+    Catch-up. A proposer that lacks more than ROUND_LAG tokens of the sequence (`lag`: a model draft that
+    sat out rounds or has not read the prompt yet) first decodes them in one batch, catch_up(lag) seconds
+    (measured, `Measurements.catch_up`), after which rounds that keep drafting owe nothing more. So the
+    rule's k > 0 is asked for only when the time it saves over the tokens still to come repays that:
+
+        left  = min(limit + 1, max(average length - produced, produced, LEFT_FLOOR))
+        saved = left * (seconds(0) - seconds(k) / (1 + a_1 + a_1 a_2 + ... + a_1 ... a_k))
+        k > 0 only if saved > catch_up(lag), else k = 0
+
+    left estimating the tokens still to come: generations often end (end of generation) long before
+    their limit, so by the average generated length (fading by LENGTH_MEMORY per generation; `finish`
+    reports each one's), less the tokens this one produced; one that ran past the average is expected to
+    go on about as long as it already has (lengths are heavy-tailed), and at least LEFT_FLOOR tokens.
+    Before any generation ended, left = limit + 1; a stage that proposes to another takes the top stage's
+    limit (`progress`). seconds(k) / expected tokens is this sequence's seconds per token at block k
+    (1 / rate(k) when it is decoded alone).
+
+    Realized rates (`Realized`), the check on every cost estimate. Rounds without drafting count their
+    token over their seconds; rounds the rule drafted in expecting a gain (by its mean estimates) count
+    the tokens those estimates expected of the proposal over their wall seconds: propose + verify + their
+    share of the catch-up. Each kind's sums fade by REALIZED_MEMORY per round of that kind. Once both
+    kinds have VETO_ROUNDS rounds of evidence and the drafting rounds realized fewer tokens per second,
+    the rule is vetoed: k = 0, as where no block can pay, until the cannot-pay back-off comes due; then
+    the drafting evidence is dropped and the rule drafts again, measured afresh (a trial).
+
+    A catch-up is charged over the tokens it was paid for, not to the one round that paid it: each round
+    after it owes a share of what is still unpaid, in proportion to the tokens it commits out of the
+    tokens `left`; drafting rounds add theirs to their seconds, the others' is forgiven (drafting stopped
+    for its acceptance), and what the generation's end leaves unpaid goes to the drafting rounds then
+    (the generation ended before the catch-up was repaid). Expected rather than committed tokens, since
+    committed ones bring acceptance luck into a check of costs, and a bias: the rule's drafting runs end
+    on rejections (it stops after bad news), so over the few rounds a veto can wait for they vetoed
+    drafts that pay; acceptance has its own evidence and probes. For the same reason the rounds drafted
+    on the optimistic estimates alone stay out, as do the measurement rounds (warm-up, probes), whose
+    catch-ups after pauses are the price of measuring.
+
     Schedules, the rounds that measure instead of following the rule; all but the warm-up are a `Backoff`,
     an interval that doubles (up to its longest) each time it comes due and restarts when its case ends:
 
     - warm-up: a Measurements' first 2 * len(WARMUP) rounds ask for the WARMUP lengths in turn, so that
-      k = 0 and a few blocks are measured before any is chosen on a guess;
+      k = 0 and a few blocks are measured before any is chosen on a guess (catch-ups included);
     - cannot pay: where no block would beat not drafting even with every drafted token accepted
       (`can_pay` False: verification costs about as much per token as decoding alone), only a change of
       costs can help: k = 0, and a probe of PROBE_K tokens every CANNOT_PAY rounds, counted across the
-      generations of the Measurements (a probe after a pause also costs the drafter a catch-up decode);
-    - probes: while k = 0 wins but drafting could pay, a probe of PROBE_K tokens every PROBES rounds of
-      k = 0 (counted across generations too), since the acceptance estimates only move on proposals; a
-      winning k > 0 restarts it;
+      generations of the Measurements, catch-up or not (rare enough that a probe's catch-up costs little
+      overall). The same back-off times the veto's trials, and the probes whose catch-up what they might
+      find could not repay over the tokens left (the rule above with every a_i = 1 where the estimates
+      stop drafting, with the optimistic a_i where only the catch-up does). It restarts when the rule
+      drafts (outside a trial);
+    - probes: otherwise, while the rule does not draft (k = 0 wins, or its gain does not repay the
+      catch-up) but drafting could pay, a probe of PROBE_K tokens every PROBES rounds of k = 0 (counted
+      across generations too), since the acceptance estimates only move on proposals; a round of the
+      rule restarts it;
     - exploration: every EXPLORE drafting rounds, the best k +- 1 (alternately), so the costs stay measured
-      around it; the interval restarts when the best k moved since the last exploration.
+      around it, or k = 0 where drafting realized less than rate(0) while too few rounds without
+      drafting were realized to tell (the veto's evidence); the interval restarts when the best k moved
+      since the last exploration.
 
     Over a drafter that reports each token's top-1 probability (`stop_on_confidence`, set by
     fit_to_proposer), keep_drafting also stops a block of the rule early: after each token, drafting goes
@@ -672,6 +879,8 @@ class Goodput(_Policy):
         self._step = 1  # direction of the last exploration step
         self.probes = 0  # probes sent (either back-off)
         self.explorations = 0  # rounds moved off the best k
+        self.declined = 0  # rounds the rule would have drafted in but for the catch-up
+        self.owed = 0.0  # seconds of the rule's catch-ups not yet charged to its drafting rounds
         self.stop_on_confidence = False  # set by fit_to_proposer over a drafter that reports confidence
         self.round = _Round()
 
@@ -723,38 +932,99 @@ class Goodput(_Policy):
         alone = (1.0 + others) / max(seconds(0), 1e-9)
         return any((k + 1 + others) / max(seconds(k), 1e-9) > alone for k in range(1, cap + 1))
 
-    def next_block(self, limit: int) -> int:
-        self.round = self._choose(_clamp(self.max_block, limit))
+    @property
+    def vetoed(self) -> bool:
+        """Whether the rule's drafting rounds realized fewer tokens per second than rounds without."""
+        return self.measurements.realized.vetoes
+
+    def left(self, limit: int) -> int:
+        """Tokens the generation is expected still to produce (see the class docstring): at most limit + 1
+        (or `progress.most`)."""
+        most = limit + 1 if self.progress.most is None else self.progress.most
+        average, produced = self.measurements.lengths.mean, self.progress.produced
+        if average is not None:
+            most = min(most, max(round(average) - produced, produced, LEFT_FLOOR))
+        return max(most, 0)
+
+    def saving(self, k: int, tokens: float | None = None) -> float:
+        """Seconds a committed token of this sequence takes without drafting less with blocks of k that
+        commit `tokens` a round (default: the expected tokens at the mean acceptance estimates)."""
+        if tokens is None:
+            tokens = self.measurements.acceptance.expected_tokens(k)
+        return self.seconds(0) - self.seconds(k) / tokens
+
+    def repays(self, lag: int, left: int, saving: float) -> bool:
+        """Whether saving `saving` seconds a token over `left` tokens pays for first catching up `lag`
+        tokens (always when lag <= ROUND_LAG: nothing to catch up)."""
+        return lag <= ROUND_LAG or left * saving > self.measurements.catch_up(lag)
+
+    def next_block(self, limit: int, lag: int = 0) -> int:
+        self.round = self._choose(limit, lag)
+        self.round.left = self.left(limit)
         return self.round.block
 
-    def _choose(self, cap: int) -> _Round:
+    def _choose(self, limit: int, lag: int) -> _Round:
         """The rule's block for this round, or the measurement a schedule calls for."""
         m = self.measurements
+        cap = _clamp(self.max_block, limit)
         if cap == 0:
             return _Round(0)
         if self.warming_up:
             return _Round(min(WARMUP[m.costs.verify.rounds % len(WARMUP)], cap))
         cap = self.cap(cap)
         best = self.best(cap)
-        if best == 0 and not self.can_pay(cap):
-            return self._probe(cap) if m.cannot_pay.due() else _Round(0)
-        m.cannot_pay.restart()
-        if best == 0:
-            return self._probe(cap) if m.probing.due() else _Round(0)
+        left = self.left(limit)
+        drafts = best > 0 and self.repays(lag, left, self.saving(best))  # the rule, its catch-up weighed
+        if best > 0 and not drafts:
+            self.declined += 1
+        if drafts and not self.vetoed:
+            return self._rule(best, cap)
+        rare = self.vetoed or not self.can_pay(cap)
+        if not rare and lag > ROUND_LAG:  # a probe's catch-up against what it might find
+            rare = not self.repays(lag, left, self._hope(best, cap))
+        if rare:
+            if not m.cannot_pay.due():
+                return _Round(0)
+            if drafts:  # vetoed: the veto's trial
+                m.realized.retry()
+                return self._rule(best, cap)
+            return self._probe(cap)
+        return self._probe(cap) if m.probing.due() else _Round(0)
+
+    def _hope(self, best: int, cap: int) -> float:
+        """The most a probe might find drafting saves a token: with every drafted token accepted where the
+        estimates stop the rule (best == 0), at the optimistic estimates where only the catch-up does."""
+        expected = self.measurements.acceptance.expected_tokens
+        return max(
+            self.saving(k, k + 1.0 if best == 0 else expected(k, optimistic=True)) for k in range(1, cap + 1)
+        )
+
+    def _rule(self, best: int, cap: int) -> _Round:
+        """A round of the rule: `best`, or an exploration around it."""
+        m = self.measurements
         m.probing.restart()
+        if not (self.vetoed or m.realized.trial):
+            m.cannot_pay.restart()
         k = self._explore(best, cap) if self.exploring.due() else best
-        return _Round(k, self.rate(best))  # an exploration's further tokens are weighed at the best k's rate
+        # an exploration's further tokens are weighed at the best k's rate
+        return _Round(k, self.rate(best), plain=self.rate(0))
 
     def _probe(self, cap: int) -> _Round:
         self.probes += 1
         return _Round(min(PROBE_K, cap))
 
     def _explore(self, best: int, cap: int) -> int:
-        """best + 1 and best - 1 in turn (the other one at 0 or the cap); a best k that moved since the last
-        exploration restarts the interval."""
+        """best + 1 and best - 1 in turn (the other one at 0 or the cap), or 0 where drafting realized less
+        than not drafting is predicted to, while rounds without drafting lack the evidence to tell; a
+        best k that moved since the last exploration restarts the interval."""
         if best != self.explored_around:
             self.exploring.restart()
         self.explored_around = best
+        realized = self.measurements.realized
+        drafting = realized.rate(drafted=True)
+        if realized.rate(drafted=False) is None and drafting is not None and drafting < self.rate(0):
+            self.explorations += 1
+            return 0
         self._step = -self._step
         k = _clamp(best + self._step, cap)
         if k == best:
@@ -776,12 +1046,34 @@ class Goodput(_Policy):
         return self._stop(bool(np.any(more - r.rate * extra > 0.0)))
 
     def observe(self, report: RoundReport) -> None:
-        self.measurements.add(report)
+        m, r = self.measurements, self.round
+        counted = report.requested > 0 and r.rate is not None and r.rate > r.plain  # see the class doc
+        if counted:
+            self.owed += report.catch_up_seconds
+        share = min(self.owed, self.owed * (report.accepted + 1) / max(r.left, 1))  # of what is unpaid
+        self.owed -= share
+        if report.requested == 0:
+            m.realized.add(False, 1.0, report.verify_seconds)
+        elif counted:
+            expected = m.acceptance.expected_tokens(report.proposed)
+            m.realized.add(True, expected, report.propose_seconds + report.verify_seconds + share)
+        m.add(report)
+
+    def finish(self, generated: int) -> None:
+        """Charge the drafting rounds what this generation's catch-ups still owe; learn its length."""
+        if not (isinstance(generated, int) and generated >= 0):
+            raise ValueError(f"a generation's length is an integer >= 0, got {generated!r}")
+        m = self.measurements
+        if self.owed > 0.0:
+            m.realized.charge(self.owed)
+            self.owed = 0.0
+        m.lengths.add(generated)
 
     def summary(self) -> dict[str, object]:
         m = self.measurements
         c0, c1 = m.costs.propose.coef
         v0, v1 = m.costs.verify.coef
+        u0, u1 = m.catch_up.coef
         measured = bool(m.costs.verify.samples)
         return {
             **super().summary(),
@@ -797,6 +1089,11 @@ class Goodput(_Policy):
             "probes": self.probes,
             "can_pay": self.can_pay(min(self.max_block, m.costs.reach)) if measured else None,
             "explorations": self.explorations,
+            "catch_up_cost": {"u0": u0, "u1": u1, "rounds": m.catch_up.rounds},  # seconds, s/token lacked
+            "catch_up_declined": self.declined,
+            "average_length": m.lengths.mean,
+            "realized_rate": {"drafting": m.realized.rate(True), "plain": m.realized.rate(False)},  # tok/s
+            "vetoed": self.vetoed,
             **({"calibration": m.calibration.table()} if self.stop_on_confidence else {}),
         }
 
@@ -849,35 +1146,47 @@ class Choose(_Policy):
         for p in self.policies:
             p.load = load
 
-    def next_block(self, limit: int) -> int:
+    @property
+    def progress(self) -> Progress:
+        return self.policies[0].progress
+
+    @progress.setter
+    def progress(self, progress: Progress) -> None:
+        for p in self.policies:
+            p.progress = progress
+
+    def next_block(self, limit: int, lag: int = 0) -> int:
+        """`lag` is the current candidate's; where the candidates report each one's (`lags`, as
+        proposers.Candidates does), each candidate's policy weighs its own."""
+        lags = getattr(self._candidates, "lags", None) or [lag] * len(self.policies)
         warming = [i for i, p in enumerate(self.policies) if p.warming_up]
         if warming:
             self.current = warming[0]
-            k = self.policies[self.current].next_block(limit)
+            k = self.policies[self.current].next_block(limit, lags[self.current])
         else:
             best, k = self._best(limit)
             self.current = best
             if k == 0:  # no candidate drafts by the rule: each in turn runs its own probe schedules
                 self.current = self.idle % len(self.policies)
                 self.idle += 1
-                k = self.policies[self.current].next_block(limit)
+                k = self.policies[self.current].next_block(limit, lags[self.current])
             elif self.switching.due():
                 self.switches += 1
                 self.current = (best + 1 + self.switches % (len(self.policies) - 1)) % len(self.policies)
                 self.policies[self.current].round = _Round(k)  # a measurement: its block runs whole
             else:
-                k = self.policies[best].next_block(limit)
+                k = self.policies[best].next_block(limit, lags[best])
         self.chosen[self.current] += 1
         if self._candidates is not None:
             self._candidates.current = self.current  # type: ignore[attr-defined]
         return k
 
     def _best(self, limit: int) -> tuple[int, int]:
-        """The candidate with the highest predicted rate at its rule's block, and that block (every
-        candidate warmed up)."""
+        """The candidate with the highest predicted rate at its rule's block (0 where its realized rates
+        veto drafting), and that block (every candidate warmed up)."""
         picks = []
         for p in self.policies:
-            k = p.best(p.cap(limit))
+            k = 0 if p.vetoed else p.best(p.cap(limit))
             picks.append((p.rate(k), k))
         best = int(np.argmax([rate for rate, _ in picks]))
         return best, picks[best][1]
@@ -887,6 +1196,10 @@ class Choose(_Policy):
 
     def observe(self, report: RoundReport) -> None:
         self.policies[self.current].observe(report)
+
+    def finish(self, generated: int) -> None:
+        for p in self.policies:
+            p.finish(generated)
 
     def summary(self) -> dict[str, object]:
         names = [p.name for p in getattr(self._candidates, "proposers", [])] or list(

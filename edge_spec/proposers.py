@@ -10,7 +10,7 @@ import numpy as np
 
 from edge_spec import _rowmath
 from edge_spec.backend import Tier
-from edge_spec.lookahead import Lookahead
+from edge_spec.lookahead import ROUND_LAG, Lookahead
 from edge_spec.sampling import SamplingConfig, Warped, f32_row, make_rng
 from edge_spec.steps import Score, Steps
 
@@ -24,9 +24,8 @@ class Block:
     confidences: tuple[float, ...] = ()  # top-1 probability per token, when the lookahead policy asked
 
 
-ROUND_LAG = 2
-"""Tokens a model proposer lacks at the start of a round when every round speculates: its last drafted
-token (never decoded) and the verifier's own token. More means it sat out rounds (lookahead 0)."""
+# ROUND_LAG, the tokens a model proposer lacks at the start of a round when every round speculates, is
+# defined with the lookahead policies (which weigh a lag beyond it) and read here as well.
 
 
 def catch_up(tier: Tier, seq: list[int], slot: int) -> Steps[None]:
@@ -45,6 +44,11 @@ class Proposer(Protocol):
 
     def catch_up(self, seq: list[int]) -> Steps[None]:
         """Bring model state up to `seq` (see `catch_up`) before a timed round; nothing for an n-gram."""
+        ...
+
+    def lag(self, seq: list[int]) -> int:
+        """Tokens of `seq` its model state lacks (0 for an n-gram): catch_up decodes them first when there
+        are more than ROUND_LAG."""
         ...
 
     def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Steps[Block]:
@@ -66,6 +70,9 @@ class NgramProposer:
 
     def catch_up(self, seq: list[int]) -> Steps[None]:
         yield from ()  # no model state
+
+    def lag(self, seq: list[int]) -> int:
+        return 0
 
     def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Steps[Block]:
         yield from ()  # decodes nothing
@@ -100,6 +107,9 @@ class ModelDrafter:
     def catch_up(self, seq: list[int]) -> Steps[None]:
         yield from catch_up(self.tier, seq, self.slot)
 
+    def lag(self, seq: list[int]) -> int:
+        return self.tier.missing(seq, seq=self.slot)
+
     def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Steps[Block]:
         tokens: list[int] = []
         rows: list[np.ndarray] = []
@@ -125,7 +135,8 @@ class ModelDrafter:
 class Candidates:
     """Several proposers for one stage, one of which (`current`, set each round by the stage's Choose
     policy) catches up and proposes. A candidate not chosen costs nothing but its memory: a model catches
-    up with the sequence only when it is chosen again."""
+    up with the sequence only when it is chosen again. `lag` notes every candidate's (`lags`), so that
+    the Choose policy weighs the catch-up of the candidate it picks."""
 
     confident = False  # each candidate reports its own (Choose fits a policy to each)
 
@@ -133,6 +144,11 @@ class Candidates:
         self.proposers = proposers
         self.name = "|".join(p.name for p in proposers)
         self.current = 0  # index of the proposer of this round
+        self.lags: list[int] = []  # each candidate's lag at the latest `lag` call
+
+    def lag(self, seq: list[int]) -> int:
+        self.lags = [p.lag(seq) for p in self.proposers]
+        return self.lags[self.current]
 
     def catch_up(self, seq: list[int]) -> Steps[None]:
         yield from self.proposers[self.current].catch_up(seq)

@@ -21,8 +21,10 @@ from edge_spec.backend import Tier
 from edge_spec.errors import ConfigError
 from edge_spec.lookahead import (
     DEFAULT_LOOKAHEAD,
+    ROUND_LAG,
     Choose,
     Lookahead,
+    Progress,
     RoundReport,
     fit_to_proposer,
     parse_lookahead,
@@ -87,17 +89,35 @@ class Verifier:
             self.policy.attach(below)
         self.stats = StageStats(self.name, below.name) if below is not None else None
 
+    started: int | None = None  # the sequence's length at this generation's first round
+    remaining: int | None = None  # most tokens the generation may still produce, set by the stage above
+
     def round(self, seq: list[int], limit: int) -> Steps[Block]:
         """One verification: ask the tier below for as many tokens as the lookahead policy decides (at most
-        `limit`), score them in ONE decode, keep the accepted prefix and append our own token."""
-        k = self.policy.next_block(limit) if self.below is not None else 0
+        `limit`; the policy weighs what the proposer lacks of `seq`), catch it up when it lacks more than
+        ROUND_LAG tokens, time that and the proposal, score the block in ONE decode, keep the accepted
+        prefix and append our own token."""
+        below = self.below
+        k = 0
+        if below is not None:
+            if self.started is None:
+                self.started = len(seq)
+            most = limit + 1 if self.remaining is None else self.remaining  # the top stage's limit
+            if isinstance(below, Verifier):
+                below.remaining = most
+            self.policy.progress = Progress(len(seq) - self.started, most)
+            k = self.policy.next_block(limit, lag=below.lag(seq))
         self.last_block = k
-        block, propose_seconds = Block([], None), 0.0
-        if self.below is not None and k > 0:
-            yield from self.below.catch_up(seq)
+        block, propose_seconds, lagged, catch_up_seconds = Block([], None), 0.0, 0, 0.0
+        if below is not None and k > 0:
+            lag = below.lag(seq)  # this round's proposer's (the policy may have chosen another candidate)
             t0 = time.perf_counter()
-            block = yield from self.below.propose(seq, k, self.policy)
-            propose_seconds = time.perf_counter() - t0
+            yield from below.catch_up(seq)
+            t1 = time.perf_counter()
+            block = yield from below.propose(seq, k, self.policy)
+            propose_seconds = time.perf_counter() - t1
+            if lag > ROUND_LAG:
+                lagged, catch_up_seconds = lag, t1 - t0
         draft = block.tokens
         verify = Score(self.tier, seq + draft, len(draft) + 1, self.slot)
         rows = yield verify  # [len(draft) + 1, V]
@@ -105,7 +125,15 @@ class Verifier:
         n = verdict.n_accepted
         if self.stats is not None:
             report = RoundReport(
-                k, len(draft), n, propose_seconds, verify.seconds, block.confidences, verify.shared
+                k,
+                len(draft),
+                n,
+                propose_seconds,
+                verify.seconds,
+                block.confidences,
+                verify.shared,
+                catch_up_tokens=lagged,
+                catch_up_seconds=catch_up_seconds,
             )
             self.policy.observe(report)
             self.stats.record(len(draft), n, k, self.batch_size)
@@ -115,6 +143,13 @@ class Verifier:
         yield from catch_up(self.tier, seq, self.slot)
         if self.below is not None:
             yield from self.below.catch_up(seq)
+
+    def lag(self, seq: list[int]) -> int:
+        """What a catch-up would decode, proposing to the stage above: our tier's missing tokens when
+        they are more than ROUND_LAG (fewer are decoded by the next round anyway), plus our proposer's
+        lag. So it is more than ROUND_LAG exactly when catch_up decodes something."""
+        own = self.tier.missing(seq, seq=self.slot)
+        return (own if own > ROUND_LAG else 0) + (self.below.lag(seq) if self.below is not None else 0)
 
     def propose(self, seq: list[int], n: int, policy: Lookahead | None = None) -> Steps[Block]:
         """Run rounds until holding n tokens (or an end-of-generation token): the stage above chose n, our

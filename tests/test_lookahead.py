@@ -107,6 +107,18 @@ def test_protocol_and_clamping(make: Callable[[], Lookahead]) -> None:
     json.dumps(policy.summary())
 
 
+@pytest.mark.parametrize("make", [*POLICIES, lambda: ChoiceFactory.of("goodput", 2)()])
+def test_every_policy_hears_the_lag_and_the_end_of_a_generation(make: Callable[[], Lookahead]) -> None:
+    """Only goodput weighs the proposer's lag and learns from a generation's length; every policy takes
+    both (the verifier and the loop pass them to whichever policy a stage has)."""
+    policy = make()
+    for lag in (0, 500):
+        assert 0 <= policy.next_block(8, lag=lag) <= 8
+        policy.observe(RoundReport(0, 0, 0, 0.0, 0.05))
+    policy.finish(12)
+    json.dumps(policy.summary())
+
+
 @pytest.mark.parametrize("make", POLICIES)
 def test_limit_zero_after_history(make: Callable[[], Lookahead]) -> None:
     policy = make()
