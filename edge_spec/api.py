@@ -428,8 +428,8 @@ class Pyramid:
             return not transcript.ended
 
         def on_end(task: Task) -> None:
-            if task.error is not None:
-                emit(task.error)
+            if task.error is not None or task.top is None:  # failed, or cancelled before it began
+                emit(task.error or EdgeSpecError("the generation was cancelled before it began"))
                 return
             tail = transcript.text.finish()
             if tail:
@@ -445,6 +445,7 @@ class Pyramid:
             )
             for v in chain(task.top):
                 if v.stats is not None:
+                    v.policy.finish(len(transcript.ids))
                     v.stats.policy = v.policy.summary()
             if self._calibration is not None:
                 self._calibration.save(self._measured)
@@ -600,6 +601,7 @@ class Pyramid:
             stats.tier_seconds = {t.path.name: t.decode_seconds - before[t.path.name] for t in self.models}
             for v in chain(top):
                 if v.stats is not None:
+                    v.policy.finish(len(out_ids))
                     v.stats.policy = v.policy.summary()
                     stats.stages.append(v.stats)
             self.last_result = Result(text.text, out_ids, stats)

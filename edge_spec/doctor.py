@@ -32,6 +32,7 @@ from edge_spec.lookahead import Acceptance, CostModel, Goodput, Measurements
 from edge_spec.proposers import ModelDrafter
 from edge_spec.pyramid import StageConfig
 from edge_spec.sampling import SamplingConfig
+from edge_spec.steps import serve
 
 LENGTHS = (1, 2, 3, 4, 5, 8, 16, 32)
 """Tokens per measured verification decode (1 = the target alone)."""
@@ -184,11 +185,11 @@ def measure_verify(
 def measure_proposal(tier: Tier, context: list[int], repeats: int) -> float:
     """Seconds per drafted token of greedy proposals of DRAFT_BLOCK tokens after `context` (the median)."""
     drafter = ModelDrafter(tier, SamplingConfig())
-    drafter.catch_up(context)
+    serve(drafter.catch_up(context))
     drafted: list[int] = []
 
     def propose() -> None:
-        drafted.append(len(drafter.propose(context, DRAFT_BLOCK).tokens))
+        drafted.append(len(serve(drafter.propose(context, DRAFT_BLOCK)).tokens))
 
     seconds = _timed(propose, repeats)
     return statistics.median(seconds) / max(statistics.median(drafted), 1)

@@ -40,6 +40,7 @@ from edge_spec.cli import EXIT_INTERRUPTED, _clean_errors
 from edge_spec.errors import ConfigError
 from edge_spec.lookahead import Lookahead, RoundReport, fit_to_proposer, parse_lookahead
 from edge_spec.proposers import ROUND_LAG, NgramProposer, confidence
+from edge_spec.steps import serve
 from edge_spec.suites import SUITES, BenchPrompt, load_suite
 
 MAX_BATCH = 16  # longest decode timed by `record`; replayed blocks are at most MAX_BATCH - 1
@@ -202,7 +203,9 @@ def _record(tiers: Tiers, out: Path, prompts: list[BenchPrompt], max_tokens: int
             prompt = alone.encode(p.text, p.raw)
             rows = drafter.score([*prompt, *output], len(output) + 1)[:-1]  # [n, V]
             guesses = rows.argmax(axis=1)
-            blocks = [ngram.propose([*prompt, *output[:t]], MAX_BATCH).tokens for t in range(len(output))]
+            blocks = [
+                serve(ngram.propose([*prompt, *output[:t]], MAX_BATCH)).tokens for t in range(len(output))
+            ]
             row = {"id": p.id, "suite": p.suite, "n": len(output), "max_tokens": max_tokens}
             row["draft"] = matched_run(guesses, np.array(output))
             row["draft_top1"], row["draft_entropy"] = (
