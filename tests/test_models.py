@@ -217,6 +217,7 @@ class _FakeTier(Tier):
 
     def __init__(self, name: str, checks: list[tuple[str, str]], bad: tuple[str, str] | None) -> None:
         self.name, self.checks, self.bad, self._model = name, checks, bad, None
+        self.n_seq = 1
 
     def check_compatible(self, other: Tier) -> None:
         assert isinstance(other, _FakeTier)
