@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--target", default="qwen-1.5b")
     ap.add_argument("--draft", action="append", help="drafts besides none and ngram (repeatable)")
     ap.add_argument("--parallel", default="1,2,4,8")
+    ap.add_argument("--configs", help="DRAFT:N,... to run instead of every draft at every --parallel")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--rewrite", type=int, default=28, help="rewrite prompts (of 28)")
     ap.add_argument("--chat", type=int, default=20, help="MT-bench questions (of 80)")
@@ -134,11 +135,14 @@ def main() -> None:
         base = run_batch(path, args.target, "none", 1, args.max_tokens)
         print(f"sequential target alone: {base['tok_s']:.2f} tok/s ({base['tokens']} tokens)", flush=True)
         rows = [base]
-        for draft in ["none", "ngram", *(args.draft or [])]:
-            for n in (int(v) for v in args.parallel.split(",")):
-                if (draft, n) != ("none", 1):
-                    rows.append(run_batch(path, args.target, draft, n, args.max_tokens))
-                    print(json.dumps(rows[-1]), flush=True)
+        drafts = ["none", "ngram", *(args.draft or [])]
+        configs = [(d, int(n)) for d in drafts for n in args.parallel.split(",")]
+        if args.configs:
+            configs = [(d, int(n)) for d, n in (c.rsplit(":", 1) for c in args.configs.split(","))]
+        for draft, n in configs:
+            if (draft, n) != ("none", 1):
+                rows.append(run_batch(path, args.target, draft, n, args.max_tokens))
+                print(json.dumps(rows[-1]), flush=True)
     print(table(rows, base["tok_s"]))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
