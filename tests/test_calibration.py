@@ -68,6 +68,14 @@ def test_measurements_round_trip_through_json_gives_the_same_decisions() -> None
         (("cannot_pay",), [1, 0]),  # a gap shorter than the first one
         (("probing",), "x"),
         (("calibration",), None),
+        (("catch_up", "samples"), {"5": [[0, -1.0]]}),
+        (("catch_up",), None),
+        (("lengths",), [1.0]),
+        (("lengths",), [1.0, float("inf")]),
+        (("realized", "drafting"), [1.0, -2.0, 1.0]),
+        (("realized", "plain"), "x"),
+        (("realized", "trial"), "yes"),
+        (("realized",), {}),
     ],
 )
 def test_malformed_states_are_refused_and_change_nothing(path: tuple[str, ...], value: object) -> None:

@@ -9,14 +9,14 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+from test_pyramid import assert_follows_target
 
 from edge_spec.api import Pyramid, Result
 from edge_spec.backend import Tier, TierConfig
 from edge_spec.errors import ContextOverflowError, EdgeSpecError
 from edge_spec.pyramid import StageConfig
-from edge_spec.sampling import SamplingConfig, warp
+from edge_spec.sampling import SamplingConfig
 
 EXACT = TierConfig(n_ctx=256, cache_type="f32", flash_attn=False)  # batched = single decodes (~1e-5)
 SLOTS = 3
@@ -174,18 +174,5 @@ def test_lossless_sampling_together_follows_the_target_distribution(together: di
     )
     pairs = Counter(tuple(r.token_ids) for r in outs.values())  # type: ignore[union-attr]
     target = together["target"]
-    prompt_ids = pyr.encode("the cat", raw=True)
     target.forget(0)
-    p1 = warp(target.score(prompt_ids, 1)[0].copy(), sampling)
-    firsts = Counter({t: 0 for t in range(len(p1))})
-    for (a, _), c in pairs.items():
-        firsts[a] += c
-    emp1 = np.array([firsts[t] for t in range(len(p1))]) / n
-    assert 0.5 * np.abs(emp1 - p1).sum() < 0.07
-    top_first = max(firsts, key=firsts.__getitem__)
-    p2 = warp(target.score([*prompt_ids, top_first], 1)[0].copy(), sampling)
-    seconds = Counter({b: c for (a, b), c in pairs.items() if a == top_first})
-    m = sum(seconds.values())
-    emp2 = np.array([seconds[t] for t in range(len(p2))]) / m
-    assert m > 150
-    assert 0.5 * np.abs(emp2 - p2).sum() < 0.15
+    assert_follows_target(pairs, target, pyr.encode("the cat", raw=True), sampling, (0.07, 0.15), least=150)
