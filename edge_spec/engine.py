@@ -156,9 +156,7 @@ class Engine:
         top = task.top
         assert top is not None, "an admitted task has its chain"
         others = [o for o in self.running if o is not task]
-        top.policy.load = Load(
-            tuple(o.top.last_block for o in others if o.top is not None), sum(o.per_round for o in others)
-        )
+        top.policy.load = Load(len(others), sum(o.per_round for o in others))
         for v in chain(top):
             v.batch_size = len(self.running)
         task.steps = top.round(task.seq, task.max_new - task.produced - 1)

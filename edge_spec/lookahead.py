@@ -110,9 +110,9 @@ class Lookahead(Protocol):
 @dataclass(frozen=True)
 class Load:
     """The other sequences decoded in the same steps as this one (`edge_spec.engine` sets it each round):
-    their latest block lengths and the tokens they committed per round together (a recent average)."""
+    how many, and the tokens they committed per round together (a recent average)."""
 
-    blocks: tuple[int, ...] = ()
+    others: int = 0
     committed: float = 0.0
 
 
@@ -559,9 +559,10 @@ class CostModel:
             self.propose.add(report.proposed, report.propose_seconds)
         self.verify.add(report.proposed + 1 + report.shared, report.verify_seconds)
 
-    def seconds(self, k: int) -> float:
-        """Predicted wall time of a round with block k (propose k, verify k + 1; propose(0) = 0)."""
-        return (self.propose(k) if k > 0 else 0.0) + self.verify(k + 1)
+    def seconds(self, k: int, shared: int = 0) -> float:
+        """Predicted wall time of a round with block k (propose k, verify k + 1 with `shared` tokens of other
+        sequences in the same decode; propose(0) = 0)."""
+        return (self.propose(k) if k > 0 else 0.0) + self.verify(k + 1 + shared)
 
     @property
     def reach(self) -> int:
@@ -860,8 +861,8 @@ class Goodput(_Policy):
 
     Under load (several sequences decoded together, `load` set by the engine each round), the rule weighs
     the batch's goodput: the others' committed tokens join the numerator, and a round's seconds are the
-    step's (`seconds`): drafting as long as the longest block, one verification of every sequence's
-    tokens. Verification costs are measured by the decode's total tokens, so as the batch grows, a block's
+    step's (`seconds`): this block's drafting and one verification of every sequence's tokens.
+    Verification costs are measured by the decode's total tokens, so as the batch grows, a block's
     marginal cost grows with it and the best k falls, to 0 once the batch alone fills what a decode can do
     cheaply (SmartSpec's observation). The measurements behind these settings are in bench/README.md."""
 
@@ -890,14 +891,11 @@ class Goodput(_Policy):
         return self.stop_on_confidence
 
     def seconds(self, k: int) -> float:
-        """Predicted wall time of a round with block k. Decoded together with other sequences (`load`), a
-        step drafts as long as its longest block and verifies every sequence's tokens in one decode:
-        max(propose(k), propose(k') of the others) + verify(k + 1 + sum of the others' k' + 1)."""
-        costs, others = self.measurements.costs, self.load.blocks
-        if not others:
-            return costs.seconds(k)
-        drafting = max(costs.propose(b) if b > 0 else 0.0 for b in (*others, k))
-        return drafting + costs.verify(k + 1 + sum(others) + len(others))
+        """Predicted wall time of a round with block k: decoded together with other sequences (`load`), the
+        step that verifies their tokens too, each counted at one token (the others' own blocks are being
+        chosen in the same step; weighing each block against a step without them keeps one sequence's
+        drafting from making drafting look cheap to the others)."""
+        return self.measurements.costs.seconds(k, self.load.others)
 
     def rate(self, k: int, optimistic: bool = False) -> float:
         """Predicted committed tokens per second of a round with block k: this sequence's and, decoded
@@ -922,8 +920,7 @@ class Goodput(_Policy):
     def cap(self, limit: int) -> int:
         """The longest block the rule weighs in a round of at most `limit` tokens, once warmed up: up to
         max_block, and one past the longest block whose verification was measured (CostModel.reach)."""
-        others = sum(self.load.blocks) + len(self.load.blocks)  # tokens the other sequences verify
-        return min(self.max_block, limit, max(1, self.measurements.costs.reach - others))
+        return min(self.max_block, limit, max(1, self.measurements.costs.reach - self.load.others))
 
     def can_pay(self, cap: int) -> bool:
         """Whether some block of 1..cap tokens, every one accepted, would commit tokens faster than not

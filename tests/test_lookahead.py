@@ -932,3 +932,33 @@ def test_choice_where_nothing_pays_takes_turns_and_probes_rarely() -> None:
     counts = [chosen[100:].count(i) for i in range(3)]
     assert max(counts) - min(counts) <= 1 + sum(k > 0 for k in tail)
     assert policy.summary()["can_pay"] is False
+
+
+def test_goodput_under_load_stops_drafting_where_the_batch_fills_the_decode() -> None:
+    """Planted costs of a CPU where a decode of 4 tokens costs 2.5x one and 8 tokens 6x: a free draft with
+    90% acceptance pays alone (rate(4) 13.7 > rate(0) 12.5 tokens/s) but not beside 3 other sequences,
+    whose one token each already fills the cheap part of the decode (rate(0) 20 > rate(4) 14.2)."""
+    policy = lookahead.Goodput(max_block=4)
+    costs, acceptance = policy.measurements.costs, policy.measurements.acceptance
+    for _ in range(2):
+        for n, seconds in [
+            (1, 0.08),
+            (2, 0.12),
+            (3, 0.16),
+            (4, 0.2),
+            (5, 0.3),
+            (6, 0.36),
+            (7, 0.43),
+            (8, 0.5),
+        ]:
+            costs.verify.add(n, seconds)
+    for _ in range(200):
+        acceptance.add(4, 3)
+        acceptance.add(4, 4)
+    assert not policy.warming_up
+    assert policy.next_block(16) > 0
+    policy.load = lookahead.Load(others=3, committed=3.0)
+    assert policy.rate(0) == pytest.approx(4 / 0.2)
+    assert policy.next_block(16) == 0
+    policy.load = lookahead.Load(others=1, committed=1.0)  # beside one: 3.7 / verify(4) beats 2 / verify(2)
+    assert policy.next_block(16) > 0
