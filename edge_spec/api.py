@@ -419,7 +419,7 @@ class Pyramid:
         before: dict[str, float] = {}
 
         def build(slot: int) -> Verifier:
-            before.update((t.path.name, t.decode_seconds) for t in self.models)
+            before.update(self._decode_clock())
             return assemble(self.draft, self._verifiers, self.stages, self._policies, g.sampling, slot)
 
         def commit(tokens: list[int]) -> bool:
@@ -440,18 +440,28 @@ class Pyramid:
                 prefill_seconds=task.prefilled_at - task.admitted_at,
                 decode_seconds=task.done_at - task.prefilled_at,
                 finish_reason=transcript.finish_reason,
-                tier_seconds={t.path.name: t.decode_seconds - before[t.path.name] for t in self.models},
-                stages=[v.stats for v in chain(task.top) if v.stats is not None],
             )
-            for v in chain(task.top):
-                if v.stats is not None:
-                    v.policy.finish(len(transcript.ids))
-                    v.stats.policy = v.policy.summary()
-            if self._calibration is not None:
-                self._calibration.save(self._measured)
+            self._wrap_up(task.top, stats, before)
             emit(Result(transcript.text.text, transcript.ids, stats))
 
         return Task(prompt_ids, max_new, build, commit, on_end)
+
+    def _decode_clock(self) -> dict[str, float]:
+        """Seconds each tier has spent inside llama_decode since it loaded, by file name."""
+        return {t.path.name: t.decode_seconds for t in self.models}
+
+    def _wrap_up(self, top: Verifier, stats: GenerationStats, before: Mapping[str, float]) -> None:
+        """Close a generation's accounts in `stats` (its generated tokens counted): each tier's decode
+        seconds since `before` (`_decode_clock`), and per stage its policy told the generation's length,
+        then summarised; then goodput's measurements are saved (calibration cache)."""
+        stats.tier_seconds = {name: s - before[name] for name, s in self._decode_clock().items()}
+        for v in chain(top):
+            if v.stats is not None:
+                v.policy.finish(stats.generated_tokens)
+                v.stats.policy = v.policy.summary()
+                stats.stages.append(v.stats)
+        if self._calibration is not None:
+            self._calibration.save(self._measured)
 
     def _submit(self, task: Task) -> None:
         """Hand `task` to the engine thread (started at the first use)."""
@@ -581,7 +591,7 @@ class Pyramid:
             raise
         t1 = time.perf_counter()
         stats.prefill_seconds = t1 - t0
-        before = {t.path.name: t.decode_seconds for t in self.models}
+        before = self._decode_clock()
         top = assemble(self.draft, self._verifiers, self.stages, self._policies, sampling)
         transcript = _Transcript(self.target, stop, "length" if max_new == max_tokens else "context")
         out_ids, text = transcript.ids, transcript.text
@@ -598,15 +608,8 @@ class Pyramid:
             stats.finish_reason = transcript.finish_reason
             stats.decode_seconds = time.perf_counter() - t1
             stats.generated_tokens = len(out_ids)
-            stats.tier_seconds = {t.path.name: t.decode_seconds - before[t.path.name] for t in self.models}
-            for v in chain(top):
-                if v.stats is not None:
-                    v.policy.finish(len(out_ids))
-                    v.stats.policy = v.policy.summary()
-                    stats.stages.append(v.stats)
+            self._wrap_up(top, stats, before)
             self.last_result = Result(text.text, out_ids, stats)
-            if self._calibration is not None:
-                self._calibration.save(self._measured)
         tail = text.finish()
         if tail:
             yield tail

@@ -308,9 +308,9 @@ def run(
 ) -> Report:
     """Generate every job that has no record in `out` yet, `Pyramid.parallel` at a time, appending one
     record each as it finishes (in input order when one at a time); the file is put back in input order
-    at the end. `load` is called once, and only
-    when something is left to generate; `defaults` are the options of `Pyramid.generate` that a line's
-    own settings override. A failing line never stops the run."""
+    at the end. `load` is called once, and only when something is left to generate; `defaults` are the
+    options of `Pyramid.generate` that a line's own settings override. A failing line never stops the
+    run."""
     done = out.done()
     todo = [job for job in jobs if job.key not in done]
     report = Report(len(jobs), len(jobs) - len(todo), sum(done.get(job.key, False) for job in jobs))

@@ -6,8 +6,9 @@ A step serves every waiting request of ONE tier in one batched decode (`Tier.sco
 those rounds: the lowest tier with requests goes first, so the drafts of all sequences are decoded
 together, then their verifications. A finished generation frees its slot at once; a waiting one takes the
 free slot whose cache shares the longest prefix with its prompt, and its prefill joins the next decode
-of the target. Before each round, the policies see the load (`lookahead.Load`): the other sequences'
-latest blocks and committed tokens, so goodput sizes blocks for the batch's committed tokens per second.
+of the target. Before each round, the top stage's policy sees the load (`lookahead.Load`): how many other
+sequences share the step and the tokens they commit, so goodput sizes blocks for the batch's committed
+tokens per second.
 """
 
 from __future__ import annotations

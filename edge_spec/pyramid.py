@@ -80,7 +80,6 @@ class Verifier:
         self.tier, self.below, self.stage, self.sampling, self.rng = tier, below, stage, sampling, rng
         self.slot = slot  # the tier's sequence this generation decodes in
         self.batch_size = 1  # sequences decoded together in this round (set by the engine)
-        self.last_block = 0  # the block length asked for in the latest round
         self.name = tier.path.name
         self.keep_logits = keep_logits  # hand our logits rows up: the stage above needs them
         # a fresh policy per generation, from the pyramid's factory (which shares goodput's cost model)
@@ -107,7 +106,6 @@ class Verifier:
                 below.remaining = most
             self.policy.progress = Progress(len(seq) - self.started, most)
             k = self.policy.next_block(limit, lag=below.lag(seq))
-        self.last_block = k
         block, propose_seconds, lagged, catch_up_seconds = Block([], None), 0.0, 0, 0.0
         if below is not None and k > 0:
             lag = below.lag(seq)  # this round's proposer's (the policy may have chosen another candidate)
