@@ -6,6 +6,9 @@ Writes the 28 rewrite prompts and the first 20 MT-bench questions as one batch i
 once per configuration (each a fresh process, as a user runs it; the calibration cache off), and prints a
 markdown table: generated tokens per second over the whole job (the batch's own report, model loading
 excluded) and the ratio to the sequential target alone, with the target's block lengths by batch size.
+The sequential target alone runs first and again last (the ratios use their mean), and before each run a
+probe times the target's decode of one token and of one token each of four sequences (medians of 7), so
+that a drifting machine shows in the table.
 
 `--lone` measures instead what decoding through the engine costs a generation alone: the same prompts one
 at a time, alternating a pyramid loaded for one sequence (the direct path) and one loaded for two (every
@@ -25,6 +28,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from edge_spec.backend import Tier, TierConfig
+from edge_spec.models import resolve
 from edge_spec.suites import load_suite
 
 REPORT = re.compile(r"(\d+) tokens generated, ([\d.]+) tok/s")
@@ -73,10 +78,27 @@ def run_batch(jobs: Path, target: str, draft: str, parallel: int, max_tokens: in
     }
 
 
+def probe(tier: Tier) -> str:
+    """The machine's state now: milliseconds `tier` takes to decode 1 token, and 1 token each of 4
+    sequences (medians of 7, after 96 cached tokens)."""
+    prefix = [tier.bos % 1000 + i for i in range(96)]
+    for s in range(4):
+        tier.score(prefix, seq=s)
+    ms = {}
+    for n in (1, 4):
+        times = []
+        for i in range(7):
+            t0 = time.perf_counter()
+            tier.score_many([(s, [*prefix, 100 + i], 1) for s in range(n)])
+            times.append(time.perf_counter() - t0)
+        ms[n] = 1000 * statistics.median(times)
+    return f"{ms[1]:.0f} / {ms[4]:.0f}"
+
+
 def table(rows: list[dict], base: float) -> str:
     lines = [
-        "| draft | N | tok/s | x sequential target alone | target k by batch size |",
-        "|---|---|---|---|---|",
+        "| draft | N | tok/s | x sequential target alone | probe ms (1 / 4x1) | target k by batch size |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         ks = "; ".join(
@@ -84,7 +106,8 @@ def table(rows: list[dict], base: float) -> str:
             for b, hist in sorted(r["k_by_batch"].items())
         )
         lines.append(
-            f"| {r['draft']} | {r['parallel']} | {r['tok_s']:.2f} | {r['tok_s'] / base:.2f} | {ks or '-'} |"
+            f"| {r['draft']} | {r['parallel']} | {r['tok_s']:.2f} | {r['tok_s'] / base:.2f} | {r['probe']} "
+            f"| {ks or '-'} |"
         )
     return "\n".join(lines)
 
@@ -129,21 +152,23 @@ def main() -> None:
     if args.lone:
         lone(args.target, (args.draft or ["ngram"])[0], args.max_tokens, jobs, args.repeats)
         return
+    configs = [(d, int(n)) for d in ["none", "ngram", *(args.draft or [])] for n in args.parallel.split(",")]
+    if args.configs:
+        configs = [(d, int(n)) for d, n in (c.rsplit(":", 1) for c in args.configs.split(","))]
+    configs = [("none", 1), *(c for c in configs if c != ("none", 1)), ("none", 1)]
+    tier = Tier(resolve(args.target), TierConfig(n_ctx=128, n_seq=4))
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "in.jsonl"
         path.write_text("".join(json.dumps(j) + "\n" for j in jobs))
-        base = run_batch(path, args.target, "none", 1, args.max_tokens)
-        print(f"sequential target alone: {base['tok_s']:.2f} tok/s ({base['tokens']} tokens)", flush=True)
-        rows = [base]
-        drafts = ["none", "ngram", *(args.draft or [])]
-        configs = [(d, int(n)) for d in drafts for n in args.parallel.split(",")]
-        if args.configs:
-            configs = [(d, int(n)) for d, n in (c.rsplit(":", 1) for c in args.configs.split(","))]
         for draft, n in configs:
-            if (draft, n) != ("none", 1):
-                rows.append(run_batch(path, args.target, draft, n, args.max_tokens))
-                print(json.dumps(rows[-1]), flush=True)
-    print(table(rows, base["tok_s"]))
+            state = probe(tier)
+            rows.append({**run_batch(path, args.target, draft, n, args.max_tokens), "probe": state})
+            print(json.dumps(rows[-1]), flush=True)
+    tier.close()
+    base = statistics.mean(r["tok_s"] for r in (rows[0], rows[-1]))
+    print(f"sequential target alone: {rows[0]['tok_s']:.2f} first, {rows[-1]['tok_s']:.2f} last tok/s")
+    print(table(rows, base))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
