@@ -419,7 +419,6 @@ class Pyramid:
         before: dict[str, float] = {}
 
         def build(slot: int) -> Verifier:
-            before.update(self._decode_clock())
             return assemble(self.draft, self._verifiers, self.stages, self._policies, g.sampling, slot)
 
         def commit(tokens: list[int]) -> bool:
@@ -444,7 +443,10 @@ class Pyramid:
             self._wrap_up(task.top, stats, before)
             emit(Result(transcript.text.text, transcript.ids, stats))
 
-        return Task(prompt_ids, max_new, build, commit, on_end)
+        def prefilled(_: Task) -> None:  # the tiers' clocks from here count the decode phase
+            before.update(self._decode_clock())
+
+        return Task(prompt_ids, max_new, build, commit, prefilled, on_end)
 
     def _decode_clock(self) -> dict[str, float]:
         """Seconds each tier has spent inside llama_decode since it loaded, by file name."""

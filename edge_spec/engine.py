@@ -42,6 +42,7 @@ class Task:
     max_new: int
     chain: Callable[[int], Verifier]
     commit: Callable[[list[int]], bool]
+    on_prefilled: Callable[[Task], None] = lambda task: None  # called once its prompt is decoded
     on_end: Callable[[Task], None] = lambda task: None  # called once it ended (EngineThread)
     cancelled: bool = False  # set from any thread: the task ends before its next round
     top: Verifier | None = None  # the chain, once admitted
@@ -134,6 +135,7 @@ class Engine:
         try:
             if task.steps is None:  # the prefill is done
                 task.prefilled_at = time.perf_counter()
+                task.on_prefilled(task)
                 task.pending = self._next_round(task)
                 return
             try:

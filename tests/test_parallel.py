@@ -97,6 +97,16 @@ def test_block_lengths_by_batch_size_are_in_the_json_stats(together: dict[str, T
     assert len(by_batch) > 1  # the batch shrank as the others finished
 
 
+def test_tier_seconds_count_the_decode_phase_only(together: dict[str, Tier]) -> None:
+    target = together["target"]
+    before = target.decode_seconds
+    result = _pyramid(together, None, None, "goodput").generate("word " * 150, max_tokens=4, raw=True)
+    spent = target.decode_seconds - before  # the prefill and the four tokens
+    in_decode = result.stats.tier_seconds[target.path.name]
+    assert 0 < in_decode < spent
+    assert 0 <= result.stats.summary()["python_overhead_share"] < 1
+
+
 def test_a_failing_sequence_leaves_the_others_unharmed(
     alone: dict[str, Tier], together: dict[str, Tier]
 ) -> None:
