@@ -1134,27 +1134,12 @@ class Choose(_Policy):
     def needs_confidence(self) -> bool:
         return self.policies[self.current].needs_confidence
 
-    @property
-    def load(self) -> Load:
-        return self.policies[0].load
-
-    @load.setter
-    def load(self, load: Load) -> None:
-        for p in self.policies:
-            p.load = load
-
-    @property
-    def progress(self) -> Progress:
-        return self.policies[0].progress
-
-    @progress.setter
-    def progress(self, progress: Progress) -> None:
-        for p in self.policies:
-            p.progress = progress
-
     def next_block(self, limit: int, lag: int = 0) -> int:
         """`lag` is the current candidate's; where the candidates report each one's (`lags`, as
-        proposers.Candidates does), each candidate's policy weighs its own."""
+        proposers.Candidates does), each candidate's policy weighs its own. Every candidate's policy
+        weighs this round's load and progress (set on this one)."""
+        for p in self.policies:
+            p.load, p.progress = self.load, self.progress
         lags = getattr(self._candidates, "lags", None) or [lag] * len(self.policies)
         warming = [i for i, p in enumerate(self.policies) if p.warming_up]
         if warming:
