@@ -523,23 +523,25 @@ class Backoff:
             raise ConfigError(f"a back-off needs integers 1 <= first <= most, got {first!r} and {most!r}")
         self.first, self.most = first, most
         self.gap = first  # rounds from one due round to the next
-        self.count = 0  # rounds counted since the last due round or restart
+        self.count = 0.0  # rounds counted since the last due round or restart
 
-    def due(self) -> bool:
-        self.count += 1
+    def due(self, weight: float = 1.0) -> bool:
+        """Count a round (`weight` of one: a schedule shared by sequences decoded together counts steps,
+        each of its rounds 1 / the sequences in the step)."""
+        self.count += weight
         if self.count < self.gap:
             return False
-        self.count, self.gap = 0, min(2 * self.gap, self.most)
+        self.count, self.gap = 0.0, min(2 * self.gap, self.most)
         return True
 
     def restart(self) -> None:
-        self.gap, self.count = self.first, 0
+        self.gap, self.count = self.first, 0.0
 
-    def state(self) -> list[int]:
+    def state(self) -> list[float]:
         return [self.gap, self.count]
 
     def restore(self, state: list) -> None:
-        gap, count = (int(v) for v in state)
+        gap, count = int(state[0]), float(state[1])
         if not (self.first <= gap <= self.most and 0 <= count < gap):
             raise ValueError(f"bad back-off state {state!r}")
         self.gap, self.count = gap, count
@@ -832,7 +834,8 @@ class Goodput(_Policy):
     catch-ups after pauses are the price of measuring.
 
     Schedules, the rounds that measure instead of following the rule; all but the warm-up are a `Backoff`,
-    an interval that doubles (up to its longest) each time it comes due and restarts when its case ends:
+    an interval that doubles (up to its longest) each time it comes due and restarts when its case ends;
+    those counted across generations count steps (beside others, a round is 1 / the sequences in it):
 
     - warm-up: a Measurements' first 2 * len(WARMUP) rounds ask for the WARMUP lengths in turn, so that
       k = 0 and a few blocks are measured before any is chosen on a guess (catch-ups included);
@@ -864,7 +867,9 @@ class Goodput(_Policy):
     step's (`seconds`): this block's drafting and one verification of every sequence's tokens.
     Verification costs are measured by the decode's total tokens, so as the batch grows, a block's
     marginal cost grows with it and the best k falls, to 0 once the batch alone fills what a decode can do
-    cheaply (SmartSpec's observation). The measurements behind these settings are in bench/README.md."""
+    cheaply (SmartSpec's observation). A catch-up stalls the whole step and a block slows the others'
+    tokens, so what drafting must repay a catch-up with is the batch's saving (`saving`). The measurements
+    behind these settings are in bench/README.md."""
 
     name = "goodput"
 
@@ -944,11 +949,16 @@ class Goodput(_Policy):
         return max(most, 0)
 
     def saving(self, k: int, tokens: float | None = None) -> float:
-        """Seconds a committed token of this sequence takes without drafting less with blocks of k that
-        commit `tokens` a round (default: the expected tokens at the mean acceptance estimates)."""
+        """Seconds the batch saves per committed token of this sequence with blocks of k that commit
+        `tokens` a round (default: the expected tokens at the mean acceptance estimates): the time the
+        step's committed tokens (this sequence's and the others', `load`) take without drafting, less the
+        step's, per token of this sequence. Alone: seconds(0) - seconds(k) / tokens. Beside others it
+        counts what drafting slows them down, as the catch-up it must repay (`repays`) stalls them too."""
         if tokens is None:
             tokens = self.measurements.acceptance.expected_tokens(k)
-        return self.seconds(0) - self.seconds(k) / tokens
+        others = self.load.committed
+        plain = self.seconds(0) / (1.0 + others)  # seconds a committed token of the batch takes, no drafting
+        return ((tokens + others) * plain - self.seconds(k)) / tokens
 
     def repays(self, lag: int, left: int, saving: float) -> bool:
         """Whether saving `saving` seconds a token over `left` tokens pays for first catching up `lag`
@@ -980,13 +990,19 @@ class Goodput(_Policy):
         if not rare and lag > ROUND_LAG:  # a probe's catch-up against what it might find
             rare = not self.repays(lag, left, self._hope(best, cap))
         if rare:
-            if not m.cannot_pay.due():
+            if not m.cannot_pay.due(self._step_share):
                 return _Round(0)
             if drafts:  # vetoed: the veto's trial
                 m.realized.retry()
                 return self._rule(best, cap)
             return self._probe(cap)
-        return self._probe(cap) if m.probing.due() else _Round(0)
+        return self._probe(cap) if m.probing.due(self._step_share) else _Round(0)
+
+    @property
+    def _step_share(self) -> float:
+        """This round's share of its step, as the shared schedules count it: a probe slows every sequence
+        of the step, so they come due by steps, not by the rounds of all the sequences."""
+        return 1.0 / (1 + self.load.others)
 
     def _hope(self, best: int, cap: int) -> float:
         """The most a probe might find drafting saves a token: with every drafted token accepted where the

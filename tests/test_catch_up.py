@@ -211,6 +211,23 @@ def test_the_limit_caps_the_tokens_left_and_a_stage_above_sets_it() -> None:
     assert fresh.left(99) == 100  # no generation ended yet: the limit alone
 
 
+def test_beside_another_sequence_the_catch_up_is_weighed_against_the_batch_s_saving() -> None:
+    """Beside one other sequence the planted draft still pays once caught up (k = 2: rate 20.7 against
+    18.2 tokens/s), but it saves the batch ~0.009 s per token of this sequence, not the ~0.04 s this
+    sequence alone saves: the other's tokens wait for its longer steps, and for its catch-up. So the
+    prompt's catch-up (1.52 s), which 150 tokens to come repay alone (~6 s saved), is declined beside it
+    (~1.3 s)."""
+    factory = warmed(Machine(), [400, 400])
+    beside = lookahead.Load(others=1, committed=1.0)
+    for load, lagging in [(lookahead.ALONE, True), (beside, False)]:
+        policy = factory()
+        policy.load, policy.progress = load, Progress(200)
+        assert policy.left(149) == 150
+        assert policy.next_block(149, lag=ROUND_LAG) > 0
+        assert (policy.next_block(149, lag=PROMPT_LAG) > 0) == lagging
+    assert 0 < policy.saving(2) < 0.01 and 0.03 < factory().saving(2) < 0.05
+
+
 def test_probes_whose_catch_up_could_not_pay_wait_for_the_cannot_pay_back_off() -> None:
     """The draft's tokens are never accepted here, so goodput does not draft and probes now and then (its
     acceptance might change): every 8 to 64 rounds where a probe costs nothing more than its block (the

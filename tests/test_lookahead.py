@@ -573,6 +573,25 @@ def test_goodput_stops_probing_where_costs_alone_rule_drafting_out() -> None:
     assert probes == [8 + 255, 8 + 255 + 512]  # 2 probes in 8 generations, not 32
 
 
+def test_schedules_shared_by_sequences_decoded_together_count_steps() -> None:
+    """The same costs, four sequences decoded together (a step: one round of each): the cannot-pay probe
+    comes after 256 steps, as it does alone after 256 rounds, not after 256 of all four's rounds (64
+    steps), since a probe slows every sequence of its step."""
+    factory = parse_lookahead("goodput")
+    verify = [0.029, 0.054, 0.080, 0.110, 0.122] + [0.03 * n for n in range(6, 24)]  # [n - 1] seconds
+    policies = [factory() for _ in range(4)]
+    probes = []
+    for step in range(600):
+        for policy in policies:
+            policy.load = lookahead.Load(others=3, committed=3.0)
+            k = policy.next_block(64)
+            if step >= 2 and k > 0:
+                probes.append(step)
+            policy.observe(RoundReport(k, k, k, 0.02 * k, verify[k + 3], shared=3))
+    assert not policies[0].can_pay(16)
+    assert probes == [2 + 255]  # as alone: [8 + 255] above
+
+
 @pytest.mark.parametrize(("first", "most"), [(0, 4096), (512, 256), (2.5, 4096)])
 def test_backoff_rejects_bad_intervals(first: float, most: int) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"1 <= first <= most, got {first!r} and {most!r}")):
