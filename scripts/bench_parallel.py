@@ -5,10 +5,10 @@
 Writes the 28 rewrite prompts and the first 20 MT-bench questions as one batch input, runs `edge-spec batch`
 once per configuration (each a fresh process, as a user runs it; the calibration cache off), and prints a
 markdown table: generated tokens per second over the whole job (the batch's own report, model loading
-excluded) and the ratio to the sequential target alone, with the target's block lengths by batch size.
-The sequential target alone runs first and again last (the ratios use their mean), and before each run a
-probe times the target's decode of one token and of one token each of four sequences (medians of 7), so
-that a drifting machine shows in the table.
+excluded) and the ratio to the sequential target alone (or to `--base`), with the target's block lengths by
+batch size. The base runs first and again last (the ratios use their mean), and before each run a probe
+times the target's decode of one token and of one token each of four sequences (medians of 7), so that a
+drifting machine shows in the table.
 
 `--lone` measures instead what decoding through the engine costs a generation alone: the same prompts one
 at a time, alternating a pyramid loaded for one sequence (the direct path) and one loaded for two (every
@@ -97,7 +97,7 @@ def probe(tier: Tier) -> str:
 
 def table(rows: list[dict], base: float) -> str:
     lines = [
-        "| draft | N | tok/s | x sequential target alone | probe ms (1 / 4x1) | target k by batch size |",
+        "| draft | N | tok/s | x base | probe ms (1 / 4x1) | target k by batch size |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--draft", action="append", help="drafts besides none and ngram (repeatable)")
     ap.add_argument("--parallel", default="1,2,4,8")
     ap.add_argument("--configs", help="DRAFT:N,... to run instead of every draft at every --parallel")
+    ap.add_argument("--base", default="none:1", help="DRAFT:N the ratios are to (run first and last)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--rewrite", type=int, default=28, help="rewrite prompts (of 28)")
     ap.add_argument("--chat", type=int, default=20, help="MT-bench questions (of 80)")
@@ -155,7 +156,9 @@ def main() -> None:
     configs = [(d, int(n)) for d in ["none", "ngram", *(args.draft or [])] for n in args.parallel.split(",")]
     if args.configs:
         configs = [(d, int(n)) for d, n in (c.rsplit(":", 1) for c in args.configs.split(","))]
-    configs = [("none", 1), *(c for c in configs if c != ("none", 1)), ("none", 1)]
+    draft, n = args.base.rsplit(":", 1)
+    base_config = (draft, int(n))
+    configs = [base_config, *(c for c in configs if c != base_config), base_config]
     tier = Tier(resolve(args.target), TierConfig(n_ctx=128, n_seq=4))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,7 +170,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     tier.close()
     base = statistics.mean(r["tok_s"] for r in (rows[0], rows[-1]))
-    print(f"sequential target alone: {rows[0]['tok_s']:.2f} first, {rows[-1]['tok_s']:.2f} last tok/s")
+    print(f"{args.base}: {rows[0]['tok_s']:.2f} first, {rows[-1]['tok_s']:.2f} last tok/s")
     print(table(rows, base))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
