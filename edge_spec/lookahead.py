@@ -817,10 +817,12 @@ class Goodput(_Policy):
     Realized rates (`Realized`), the check on every cost estimate. Rounds without drafting count their
     token over their seconds; rounds the rule drafted in expecting a gain (by its mean estimates) count
     the tokens those estimates expected of the proposal over their wall seconds: propose + verify + their
-    share of the catch-up. Each kind's sums fade by REALIZED_MEMORY per round of that kind. Once both
-    kinds have VETO_ROUNDS rounds of evidence and the drafting rounds realized fewer tokens per second,
-    the rule is vetoed: k = 0, as where no block can pay, until the cannot-pay back-off comes due; then
-    the drafting evidence is dropped and the rule drafts again, measured afresh (a trial).
+    share of the catch-up; beside other sequences, both kinds add the tokens the others commit in the
+    step (`load`), so the rates are the batch's. Each kind's sums fade by REALIZED_MEMORY per round of
+    that kind. Once both kinds have VETO_ROUNDS rounds of evidence and the drafting rounds realized fewer
+    tokens per second, the rule is vetoed: k = 0, as where no block can pay, until the cannot-pay
+    back-off comes due; then the drafting evidence is dropped and the rule drafts again, measured afresh
+    (a trial).
 
     A catch-up is charged over the tokens it was paid for, not to the one round that paid it: each round
     after it owes a share of what is still unpaid, in proportion to the tokens it commits out of the
@@ -1065,11 +1067,12 @@ class Goodput(_Policy):
             self.owed += report.catch_up_seconds
         share = min(self.owed, self.owed * (report.accepted + 1) / max(r.left, 1))  # of what is unpaid
         self.owed -= share
+        others = self.load.committed  # the batch's rates: the others commit theirs in the same step
         if report.requested == 0:
-            m.realized.add(False, 1.0, report.verify_seconds)
+            m.realized.add(False, 1.0 + others, report.verify_seconds)
         elif counted:
             expected = m.acceptance.expected_tokens(report.proposed)
-            m.realized.add(True, expected, report.propose_seconds + report.verify_seconds + share)
+            m.realized.add(True, expected + others, report.propose_seconds + report.verify_seconds + share)
         m.add(report)
 
     def finish(self, generated: int) -> None:
