@@ -931,10 +931,9 @@ class Goodput(_Policy):
 
     def can_pay(self, cap: int) -> bool:
         """Whether some block of 1..cap tokens, every one accepted, would commit tokens faster than not
-        drafting: if none would, only a change of costs, not of acceptance, can make drafting pay."""
-        seconds, others = self.seconds, self.load.committed
-        alone = (1.0 + others) / max(seconds(0), 1e-9)
-        return any((k + 1 + others) / max(seconds(k), 1e-9) > alone for k in range(1, cap + 1))
+        drafting (the batch's saving positive): if none would, only a change of costs, not of acceptance,
+        can make drafting pay."""
+        return any(self.saving(k, k + 1.0) > 0 for k in range(1, cap + 1))
 
     @property
     def vetoed(self) -> bool:
