@@ -154,15 +154,18 @@ def test_stream_yields_the_generated_text(pyr: Pyramid) -> None:
     assert "".join(pieces) == result.text == pyr.generate(PROMPT, max_tokens=20).text
 
 
-def test_sampling_options_by_name_or_config(pyr: Pyramid) -> None:
-    flat = pyr.generate(PROMPT, max_tokens=16, temperature=1.2, top_k=20, seed=7)
-    config = pyr.generate(PROMPT, max_tokens=16, sampling=SamplingConfig(1.2, top_k=20, seed=7))
-    assert flat.token_ids == config.token_ids
-    assert flat.token_ids != pyr.generate(PROMPT, max_tokens=16).token_ids  # not greedy
-    with pytest.raises(ConfigError, match="not both"):
-        pyr.generate(PROMPT, temperature=0.5, sampling=SamplingConfig())
-    with pytest.raises(ConfigError, match="temperature"):
-        pyr.generate(PROMPT, temperature=-1.0)
+def test_sampling_options_by_name_or_config(tiny_target: Path, tiny_noisy: Path) -> None:
+    # fixed blocks: goodput's shared measurements would size the second generation's blocks otherwise, and
+    # with them the random draws
+    with Pyramid.open(tiny_target, draft=tiny_noisy, options=OPTIONS, lookahead="fixed:3") as pyr:
+        flat = pyr.generate(PROMPT, max_tokens=16, temperature=1.2, top_k=20, seed=7)
+        config = pyr.generate(PROMPT, max_tokens=16, sampling=SamplingConfig(1.2, top_k=20, seed=7))
+        assert flat.token_ids == config.token_ids
+        assert flat.token_ids != pyr.generate(PROMPT, max_tokens=16).token_ids  # not greedy
+        with pytest.raises(ConfigError, match="not both"):
+            pyr.generate(PROMPT, temperature=0.5, sampling=SamplingConfig())
+        with pytest.raises(ConfigError, match="temperature"):
+            pyr.generate(PROMPT, temperature=-1.0)
 
 
 def test_a_stop_string_is_not_split_into_characters(pyr: Pyramid) -> None:
